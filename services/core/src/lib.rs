@@ -1,0 +1,14 @@
+//! Optikon's domain model: everything that can be decided without a network or a cluster.
+//!
+//! Transport (NATS) lives in `optikon-runtime` and the services; cluster access (kube) lives
+//! in the executor and the prober. Keeping this crate free of I/O keeps it fast to test.
+
+pub mod chart;
+pub mod manifest;
+pub mod message;
+pub mod names;
+pub mod release_record;
+pub mod selector;
+pub mod subject;
+pub mod schema;
+pub mod values;

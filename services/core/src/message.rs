@@ -1,0 +1,598 @@
+//! The JSON messages that travel on Optikon's NATS subjects and sit in its KV buckets.
+//!
+//! Every top-level message carries `"apiVersion": "optikon/v1"`, so a consumer can refuse a
+//! body from a future or foreign writer by name instead of misreading it. JSON Schemas for
+//! these types are generated into `schemas/` (see `schema::all`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// The only message version this build understands.
+pub const API_VERSION: &str = "optikon/v1";
+
+/// Marker field: serializes as `"optikon/v1"` and refuses any other value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApiVersion;
+
+impl Serialize for ApiVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(API_VERSION)
+    }
+}
+
+impl<'de> Deserialize<'de> for ApiVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = String::deserialize(d)?;
+        if v == API_VERSION {
+            Ok(ApiVersion)
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "unsupported apiVersion {v:?}: this build understands {API_VERSION:?}"
+            )))
+        }
+    }
+}
+
+impl JsonSchema for ApiVersion {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ApiVersion".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "const": API_VERSION, "type": "string" })
+    }
+}
+
+/// A point in time, written as RFC 3339 (`2026-11-25T22:48:54Z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub OffsetDateTime);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Timestamp(OffsetDateTime::now_utc())
+    }
+
+    /// Seconds elapsed from `self` to `later` (negative if `later` is earlier).
+    pub fn seconds_until(&self, later: Timestamp) -> f64 {
+        (later.0 - self.0).as_seconds_f64()
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0.format(&Rfc3339).map_err(|_| fmt::Error)?;
+        f.write_str(&s)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = String::deserialize(d)?;
+        OffsetDateTime::parse(&v, &Rfc3339)
+            .map(Timestamp)
+            .map_err(|e| serde::de::Error::custom(format!("timestamp {v:?} is not RFC 3339: {e}")))
+    }
+}
+
+impl JsonSchema for Timestamp {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "format": "date-time" })
+    }
+}
+
+/// What a user asks for a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Install,
+    Upgrade,
+    Rollback,
+    Uninstall,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Install => "install",
+            Action::Upgrade => "upgrade",
+            Action::Rollback => "rollback",
+            Action::Uninstall => "uninstall",
+        })
+    }
+}
+
+/// Which chart a request means: a name and version from the chart index, or an exact digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ChartRef {
+    Digest { digest: String },
+    NameVersion { name: String, version: String },
+}
+
+impl fmt::Display for ChartRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChartRef::Digest { digest } => f.write_str(digest),
+            ChartRef::NameVersion { name, version } => write!(f, "{name}:{version}"),
+        }
+    }
+}
+
+/// A release request, published by a user (CLI, gateway, script) on
+/// `optikon.release.request` and stored in the `RELEASE_REQUESTS` stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReleaseRequest {
+    pub api_version: ApiVersion,
+    /// Chosen by the client, unique per request; a request published twice with the same id
+    /// is applied once.
+    pub id: String,
+    pub action: Action,
+    /// Helm release name (DNS-1123 subdomain, at most 53 characters).
+    pub release: String,
+    pub namespace: String,
+    /// Kubernetes label selector over cluster labels; empty selects every cluster.
+    pub selector: String,
+    /// Required for install and upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<ChartRef>,
+    /// Values overriding the chart's `values.yaml`; a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<serde_json::Value>,
+    /// For rollback: the Helm revision to return to (0 or absent = the previous one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u32>,
+}
+
+/// A chart resolved to its exact bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChartPin {
+    pub name: String,
+    pub version: String,
+    /// `sha256:<hex>` of the .tgz bytes; also the object's name in the `charts` store.
+    pub digest: String,
+    pub size: u64,
+}
+
+/// The desired state of one release on one cluster. Written by the router into the `desired`
+/// KV bucket and sent to the edge as a command on `optikon.cmd.<cluster>.<namespace>.<release>`.
+///
+/// `generation` grows by one with each change for this cluster/namespace/release; the edge
+/// applies a generation at most once, and a newer one supersedes an older one not yet applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredRelease {
+    pub api_version: ApiVersion,
+    pub cluster: String,
+    pub namespace: String,
+    pub release: String,
+    pub generation: u64,
+    pub request_id: String,
+    /// What the user asked. Install and upgrade both mean "make it run `chart` with
+    /// `values`"; upgrade additionally requires the release to exist already.
+    pub action: Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<ChartPin>,
+    #[serde(default)]
+    pub values: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_to: Option<u32>,
+    pub requested_at: Timestamp,
+}
+
+/// Where a release stands on one cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseState {
+    /// The command is known but not finished.
+    Pending,
+    Deployed,
+    Failed,
+    Uninstalled,
+    /// A newer generation arrived before this one was applied; the newer one wins.
+    Superseded,
+}
+
+impl ReleaseState {
+    /// Whether the state ends the work for its generation.
+    pub fn is_final(self) -> bool {
+        !matches!(self, ReleaseState::Pending)
+    }
+}
+
+impl fmt::Display for ReleaseState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReleaseState::Pending => "pending",
+            ReleaseState::Deployed => "deployed",
+            ReleaseState::Failed => "failed",
+            ReleaseState::Uninstalled => "uninstalled",
+            ReleaseState::Superseded => "superseded",
+        })
+    }
+}
+
+/// Chart metadata as shown in release listings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChartSummary {
+    pub name: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_version: Option<String>,
+}
+
+/// A release's state on one cluster, published by the executor on
+/// `optikon.status.<cluster>.release.<namespace>.<release>` and folded by the hub into the `releases` KV bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseStatus {
+    pub api_version: ApiVersion,
+    pub cluster: String,
+    pub namespace: String,
+    pub release: String,
+    pub generation: u64,
+    pub request_id: String,
+    pub action: Action,
+    pub state: ReleaseState,
+    /// Helm revision on the cluster once applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<ChartSummary>,
+    /// Why it failed, or what happened, in words a user can act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_deployed: Option<Timestamp>,
+    pub at: Timestamp,
+}
+
+/// A cluster's health as last measured at the edge, published by the health-prober on
+/// `optikon.status.<cluster>.heartbeat`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    pub api_version: ApiVersion,
+    pub cluster: String,
+    /// The labels the site was configured with; the hub uses them when it first sees the cluster.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `/readyz` of the API server answered ok.
+    pub api_ready: bool,
+    pub nodes_ready: u32,
+    pub nodes_total: u32,
+    pub pods_total: u32,
+    #[serde(default)]
+    pub pods_by_phase: BTreeMap<String, u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
+    /// What went wrong while probing, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Seconds between heartbeats; the hub calls a cluster stale after three missed ones.
+    pub interval_seconds: u32,
+    pub at: Timestamp,
+}
+
+/// Health as a reader derives it from the last heartbeat and the time now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Healthy,
+    /// Heartbeats arrive, but the API server or some nodes are not ready.
+    Degraded,
+    /// No heartbeat for three intervals: the edge is cut off or down. Never shown as healthy.
+    Unreachable,
+    /// Registered, never heard from.
+    Unknown,
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Unreachable => "unreachable",
+            Health::Unknown => "unknown",
+        })
+    }
+}
+
+/// A cluster in the hub registry (KV bucket `clusters`, key = cluster name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterRecord {
+    pub api_version: ApiVersion,
+    pub name: String,
+    /// The JetStream domain of the edge's leaf node.
+    pub domain: String,
+    pub labels: BTreeMap<String, String>,
+    pub registered_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<Heartbeat>,
+}
+
+impl ClusterRecord {
+    /// Health at `now`: stale heartbeats make a cluster unreachable, whatever they said.
+    pub fn health(&self, now: Timestamp) -> Health {
+        let Some(hb) = &self.last_heartbeat else {
+            return Health::Unknown;
+        };
+        let stale_after = f64::from(hb.interval_seconds.max(1)) * 3.0;
+        if hb.at.seconds_until(now) > stale_after {
+            Health::Unreachable
+        } else if hb.api_ready && hb.nodes_ready == hb.nodes_total && hb.error.is_none() {
+            Health::Healthy
+        } else {
+            Health::Degraded
+        }
+    }
+
+    pub fn last_seen(&self) -> Option<Timestamp> {
+        self.last_heartbeat.as_ref().map(|hb| hb.at)
+    }
+}
+
+/// An edge announcing itself to the hub (request on `optikon.api.cluster.register`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterRegistration {
+    pub api_version: ApiVersion,
+    pub name: String,
+    pub domain: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A chart in the index (KV bucket `chart-index`, key `<name>.<version>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChartIndexEntry {
+    pub api_version: ApiVersion,
+    pub name: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `v2` or `v1`, from Chart.yaml.
+    pub chart_api_version: String,
+    pub digest: String,
+    pub size: u64,
+    pub ingested_at: Timestamp,
+}
+
+impl ChartIndexEntry {
+    pub fn pin(&self) -> ChartPin {
+        ChartPin {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            digest: self.digest.clone(),
+            size: self.size,
+        }
+    }
+}
+
+/// One cluster's part in a request, as the hub tracks it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterProgress {
+    pub generation: u64,
+    pub state: ReleaseState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Where a request stands (KV bucket `requests`, key = request id; every change is also
+/// published on `optikon.event.request.<id>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestStatus {
+    pub api_version: ApiVersion,
+    pub id: String,
+    /// Absent only when the request body could not be read at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    pub release: String,
+    pub namespace: String,
+    pub selector: String,
+    /// Set when the request itself was refused; then `clusters` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+    /// Every matching cluster and its progress. Empty when nothing matched: that is an answer.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterProgress>,
+    pub accepted_at: Timestamp,
+}
+
+impl RequestStatus {
+    /// Counts of (finished, failed, total) clusters.
+    pub fn tally(&self) -> (usize, usize, usize) {
+        let done = self.clusters.values().filter(|c| c.state.is_final()).count();
+        let failed = self
+            .clusters
+            .values()
+            .filter(|c| c.state == ReleaseState::Failed)
+            .count();
+        (done, failed, self.clusters.len())
+    }
+
+    /// True once the request was refused or every target cluster reached a final state.
+    pub fn is_complete(&self) -> bool {
+        let (done, _, total) = self.tally();
+        self.error.is_some() || done == total
+    }
+}
+
+/// A machine-readable error kind plus a message that says what was wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The message body is not valid JSON of the expected shape.
+    MalformedMessage,
+    /// Well-formed, but asks for something impossible (e.g. an install without a chart).
+    InvalidRequest,
+    BadSelector,
+    BadReleaseName,
+    BadNamespace,
+    BadLabel,
+    BadChart,
+    BadValues,
+    ChartNotFound,
+    /// Same chart name and version already stored with other bytes.
+    ChartConflict,
+    ReleaseNotFound,
+    ClusterNotFound,
+    Internal,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+/// The reply to a request/reply API call: exactly one of `ok` or `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Reply<T> {
+    Ok(T),
+    Error(ApiError),
+}
+
+impl<T> Reply<T> {
+    pub fn into_result(self) -> Result<T, ApiError> {
+        match self {
+            Reply::Ok(v) => Ok(v),
+            Reply::Error(e) => Err(e),
+        }
+    }
+}
+
+impl<T> From<Result<T, ApiError>> for Reply<T> {
+    fn from(r: Result<T, ApiError>) -> Self {
+        match r {
+            Ok(v) => Reply::Ok(v),
+            Err(e) => Reply::Error(e),
+        }
+    }
+}
+
+/// Parses a message body, naming the message kind in the error.
+pub fn decode<T: serde::de::DeserializeOwned>(kind: &str, body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::MalformedMessage,
+            format!("malformed {kind}: {e}; see schemas/ for the expected shape"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_version_is_checked() {
+        let body = br#"{"apiVersion":"optikon/v2","id":"r1","action":"install","release":"nginx","namespace":"default","selector":""}"#;
+        let err = decode::<ReleaseRequest>("release request", body).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MalformedMessage);
+        assert!(err.message.contains("optikon/v2"), "{}", err.message);
+    }
+
+    #[test]
+    fn unknown_fields_in_requests_are_refused() {
+        let body = br#"{"apiVersion":"optikon/v1","id":"r1","action":"install","release":"nginx","namespace":"default","selector":"","chrt":{"name":"x","version":"1"}}"#;
+        let err = decode::<ReleaseRequest>("release request", body).unwrap_err();
+        assert!(err.message.contains("chrt"), "{}", err.message);
+    }
+
+    #[test]
+    fn chart_ref_reads_both_shapes() {
+        let a: ChartRef = serde_json::from_str(r#"{"name":"nginx","version":"1.0.0"}"#).unwrap();
+        let b: ChartRef = serde_json::from_str(r#"{"digest":"sha256:ab"}"#).unwrap();
+        assert!(matches!(a, ChartRef::NameVersion { .. }));
+        assert!(matches!(b, ChartRef::Digest { .. }));
+    }
+
+    #[test]
+    fn stale_heartbeat_is_unreachable_never_healthy() {
+        let at = Timestamp(OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1000));
+        let record = ClusterRecord {
+            api_version: ApiVersion,
+            name: "c".into(),
+            domain: "c".into(),
+            labels: BTreeMap::new(),
+            registered_at: at,
+            last_heartbeat: Some(Heartbeat {
+                api_version: ApiVersion,
+                cluster: "c".into(),
+                labels: BTreeMap::new(),
+                api_ready: true,
+                nodes_ready: 1,
+                nodes_total: 1,
+                pods_total: 3,
+                pods_by_phase: BTreeMap::new(),
+                kubernetes_version: None,
+                error: None,
+                interval_seconds: 5,
+                at,
+            }),
+        };
+        let later = |s| Timestamp(at.0 + time::Duration::seconds(s));
+        assert_eq!(record.health(later(14)), Health::Healthy);
+        assert_eq!(record.health(later(16)), Health::Unreachable);
+    }
+
+    #[test]
+    fn timestamps_round_trip_as_rfc3339() {
+        let t: Timestamp = serde_json::from_str(r#""2026-11-25T22:48:54Z""#).unwrap();
+        assert_eq!(serde_json::to_string(&t).unwrap(), r#""2026-11-25T22:48:54Z""#);
+        assert!(serde_json::from_str::<Timestamp>(r#""yesterday""#).is_err());
+    }
+}

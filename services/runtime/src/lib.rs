@@ -1,0 +1,95 @@
+//! The runtime every Optikon service starts with: flags, telemetry, shutdown, NATS.
+//!
+//! A service's `main` is a few lines: parse its args (which flatten [`args::NatsArgs`] and
+//! [`args::TelemetryArgs`]), call [`telemetry::init`], connect with [`connect`], and run its
+//! library until [`shutdown::Shutdown`] fires.
+
+pub mod args;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topology;
+pub mod trace;
+
+use std::time::Duration;
+
+pub use async_nats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+}
+
+/// Connects to NATS, retrying the first connection so services can start before the server.
+pub async fn connect(args: &args::NatsArgs, name: &str) -> Result<async_nats::Client, ConnectError> {
+    connect_url(&args.nats_url, name).await
+}
+
+/// Connects to `url`; credentials may be given in it as `nats://user:password@host:port`.
+pub async fn connect_url(url: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
+    let (address, credentials) = split_credentials(url);
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some((user, password)) = credentials {
+        // async-nats does not take credentials from the URL itself.
+        options = async_nats::ConnectOptions::with_user_and_password(user, password);
+    }
+    options
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(10)))
+        .connect(address.as_str())
+        .await
+        .map_err(|source| ConnectError::Connect {
+            url: redact(url),
+            source,
+        })
+}
+
+/// Splits `scheme://user:password@rest` into `scheme://rest` and the credentials.
+fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    if let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@')) {
+        if at > scheme {
+            let userinfo = &url[scheme + 3..at];
+            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            let address = format!("{}{}", &url[..scheme + 3], &url[at + 1..]);
+            return (address, Some((user.to_owned(), password.to_owned())));
+        }
+    }
+    (url.to_owned(), None)
+}
+
+/// A NATS URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_come_out_of_the_url() {
+        let (address, creds) = super::split_credentials("nats://hub:pw@127.0.0.1:4222");
+        assert_eq!(address, "nats://127.0.0.1:4222");
+        assert_eq!(creds, Some(("hub".into(), "pw".into())));
+        assert_eq!(super::split_credentials("nats://127.0.0.1:4222").1, None);
+    }
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            super::redact("nats://hub:s3cret@127.0.0.1:4222"),
+            "nats://hub:***@127.0.0.1:4222"
+        );
+        assert_eq!(super::redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
+}

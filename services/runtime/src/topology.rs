@@ -1,0 +1,251 @@
+//! The JetStream streams, KV buckets and object stores Optikon needs, created idempotently
+//! by whichever service starts first.
+//!
+//! Hub (domain `hub`): `RELEASE_REQUESTS`, `CMD`, `EVENTS`, `STATUS_HUB` (sources every edge's
+//! `STATUS`), KV `clusters`, `desired`, `releases`, `requests`, `chart-index`, object stores
+//! `charts` and `chart-uploads`. Edge (its own domain): `CMD_LOCAL` (sources the hub's `CMD`,
+//! filtered to the site), `STATUS`, object store `chart-cache`. Retention is deliberate: see
+//! docs/nats.md.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, object_store, stream};
+use optikon_core::subject;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("cannot set up stream {name}: {message}")]
+    Stream { name: String, message: String },
+    #[error("cannot set up KV bucket {name}: {message}")]
+    Bucket { name: String, message: String },
+    #[error("cannot set up object store {name}: {message}")]
+    ObjectStore { name: String, message: String },
+}
+
+/// Per release and cluster, the commands kept. The newest always survives, so an edge that
+/// was away longer than any age limit still converges to the latest desired state.
+pub const COMMANDS_KEPT_PER_RELEASE: i64 = 32;
+/// Per heartbeat or release subject, the status messages kept: at a 5 s heartbeat, 1,000 is
+/// well over an hour of an edge's heartbeats; only the newest matter to the hub.
+pub const STATUS_KEPT_PER_SUBJECT: i64 = 1000;
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn stream_err(name: &str, e: impl std::fmt::Display) -> TopologyError {
+    TopologyError::Stream {
+        name: name.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// Creates the stream or brings its config up to date.
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), TopologyError> {
+    let name = config.name.clone();
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|e| stream_err(&name, e))?;
+    Ok(())
+}
+
+async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, TopologyError> {
+    let name = config.bucket.clone();
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    js.create_key_value(config)
+        .await
+        .map_err(|e| TopologyError::Bucket {
+            name,
+            message: e.to_string(),
+        })
+}
+
+async fn ensure_object_store(
+    js: &jetstream::Context,
+    config: object_store::Config,
+) -> Result<object_store::ObjectStore, TopologyError> {
+    let name = config.bucket.clone();
+    if let Ok(store) = js.get_object_store(&name).await {
+        return Ok(store);
+    }
+    js.create_object_store(config)
+        .await
+        .map_err(|e| TopologyError::ObjectStore {
+            name,
+            message: e.to_string(),
+        })
+}
+
+/// Everything the hub holds. `js` must be the hub's JetStream.
+pub async fn ensure_hub(js: &jetstream::Context) -> Result<(), TopologyError> {
+    ensure_stream(
+        js,
+        stream::Config {
+            name: subject::RELEASE_REQUESTS_STREAM.into(),
+            subjects: vec![subject::RELEASE_REQUEST.into()],
+            max_age: 7 * DAY,
+            // Publishing the same request id twice within a day stores it once; the router's
+            // `requests` bucket catches later repeats.
+            duplicate_window: DAY,
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: subject::CMD_STREAM.into(),
+            subjects: vec![format!("{}.>", subject::CMD_PREFIX)],
+            max_messages_per_subject: COMMANDS_KEPT_PER_RELEASE,
+            duplicate_window: DAY,
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: subject::EVENTS_STREAM.into(),
+            subjects: vec!["optikon.event.>".into()],
+            max_age: 7 * DAY,
+            max_bytes: 1 << 30,
+            ..Default::default()
+        },
+    )
+    .await?;
+    // STATUS_HUB has no subjects of its own: it only sources the edges' STATUS streams, so a
+    // status published live over the leaf link is never stored twice.
+    if js.get_stream(subject::STATUS_HUB_STREAM).await.is_err() {
+        js.get_or_create_stream(stream::Config {
+            name: subject::STATUS_HUB_STREAM.into(),
+            max_age: 7 * DAY,
+            max_bytes: 4 << 30,
+            max_messages_per_subject: STATUS_KEPT_PER_SUBJECT,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| stream_err(subject::STATUS_HUB_STREAM, e))?;
+    }
+    for (bucket, history) in [
+        (subject::CLUSTERS_BUCKET, 1),
+        (subject::DESIRED_BUCKET, 16),
+        (subject::RELEASES_BUCKET, 1),
+        (subject::CHART_INDEX_BUCKET, 1),
+    ] {
+        ensure_kv(
+            js,
+            kv::Config {
+                bucket: bucket.into(),
+                history,
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    ensure_kv(
+        js,
+        kv::Config {
+            bucket: subject::REQUESTS_BUCKET.into(),
+            history: 1,
+            max_age: 30 * DAY,
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_object_store(
+        js,
+        object_store::Config {
+            bucket: subject::CHARTS_BUCKET.into(),
+            description: Some("Helm chart archives, named by digest".into()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_object_store(
+        js,
+        object_store::Config {
+            bucket: subject::UPLOADS_BUCKET.into(),
+            description: Some("Chart archives waiting for chart-ingest".into()),
+            max_age: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Everything an edge site holds. `js` must be the edge's own JetStream (its leaf node).
+pub async fn ensure_edge(js: &jetstream::Context, cluster: &str) -> Result<(), TopologyError> {
+    ensure_stream(
+        js,
+        stream::Config {
+            name: subject::STATUS_STREAM.into(),
+            subjects: vec![subject::status_for(cluster)],
+            max_age: 7 * DAY,
+            max_bytes: 256 << 20,
+            max_messages_per_subject: STATUS_KEPT_PER_SUBJECT,
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: subject::CMD_LOCAL_STREAM.into(),
+            max_messages_per_subject: COMMANDS_KEPT_PER_RELEASE,
+            sources: Some(vec![stream::Source {
+                name: subject::CMD_STREAM.into(),
+                filter_subject: Some(subject::commands_for(cluster)),
+                // Set `external` directly: `domain` is dropped on update (nats.rs#1350).
+                external: Some(stream::External {
+                    api_prefix: subject::js_api_prefix(subject::HUB_DOMAIN),
+                    delivery_prefix: Some(subject::edge_delivery_prefix(cluster)),
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_object_store(
+        js,
+        object_store::Config {
+            bucket: subject::CHART_CACHE_BUCKET.into(),
+            description: Some("Charts this site's releases use, for reconciling offline".into()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Makes the hub's `STATUS_HUB` source the `STATUS` stream of the edge in `domain`.
+/// Returns whether a source was added (false: it was there already).
+pub async fn add_edge_source(js: &jetstream::Context, domain: &str) -> Result<bool, TopologyError> {
+    let name = subject::STATUS_HUB_STREAM;
+    let mut stream = js
+        .get_stream(name)
+        .await
+        .map_err(|e| stream_err(name, e))?;
+    let info = stream.info().await.map_err(|e| stream_err(name, e))?;
+    let mut config = info.config.clone();
+    let api = subject::js_api_prefix(domain);
+    let sources = config.sources.get_or_insert_with(Vec::new);
+    if sources
+        .iter()
+        .any(|s| s.external.as_ref().is_some_and(|e| e.api_prefix == api))
+    {
+        return Ok(false);
+    }
+    sources.push(stream::Source {
+        name: subject::STATUS_STREAM.into(),
+        external: Some(stream::External {
+            api_prefix: api,
+            delivery_prefix: Some(subject::hub_delivery_prefix(domain)),
+        }),
+        ..Default::default()
+    });
+    js.update_stream(config)
+        .await
+        .map_err(|e| stream_err(name, e))?;
+    Ok(true)
+}
