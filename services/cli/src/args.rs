@@ -1,0 +1,213 @@
+//! The command line, with helm and kubectl habits (`-n`, `-l`, `-f`, `--set`, `-o`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use optikon_runtime::args::NatsArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "optikon",
+    version,
+    about = "Install, upgrade, roll back and remove Helm releases on every edge cluster a label selector matches"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Push and list charts.
+    #[command(subcommand)]
+    Chart(ChartCommand),
+    /// Install a release on every matching cluster (upgrades where it exists).
+    Install(ApplyArgs),
+    /// Upgrade a release on every matching cluster (fails where it is not installed).
+    Upgrade(ApplyArgs),
+    /// Roll a release back to an earlier revision on every matching cluster.
+    Rollback(RollbackArgs),
+    /// Remove a release from every matching cluster.
+    Uninstall(UninstallArgs),
+    /// List releases on every cluster.
+    List(ListArgs),
+    /// Show a release on each cluster, with failure reasons.
+    Status(StatusArgs),
+    /// List edge clusters with labels and health.
+    Clusters(ClustersArgs),
+    /// Change an edge cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Print live request progress and release status events.
+    Watch(WatchArgs),
+    /// Check label selectors without any cluster.
+    #[command(subcommand)]
+    Selector(SelectorCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChartCommand {
+    /// Upload a chart archive (.tgz).
+    Push {
+        file: PathBuf,
+        /// Replace a stored chart of the same name and version that has other content.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// List stored charts.
+    List {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// Release namespace on each cluster.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Label selector choosing the clusters, e.g. `Region=Europe,tier in (edge,store)`.
+    #[arg(short = 'l', long = "selector", default_value = "")]
+    pub selector: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Return once the request is sent instead of waiting for every cluster.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Seconds to wait for every cluster before giving up.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// Release name.
+    pub release: String,
+    /// A chart archive path (pushed first), a chart name from `optikon chart list`, or a
+    /// `sha256:` digest.
+    pub chart: String,
+    /// Chart version when CHART is a name (default: the highest stored).
+    #[arg(long)]
+    pub version: Option<String>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Values files (YAML or JSON), merged in order.
+    #[arg(short = 'f', long = "values")]
+    pub values: Vec<PathBuf>,
+    /// Set values on the command line: `key=value,a.b=c,list[0]=x`.
+    #[arg(long)]
+    pub set: Vec<String>,
+    /// Like --set, but values are always strings.
+    #[arg(long)]
+    pub set_string: Vec<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    pub release: String,
+    /// Revision to return to (default: the one before the current).
+    pub revision: Option<u32>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UninstallArgs {
+    pub release: String,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Only clusters matching this label selector.
+    #[arg(short = 'l', long = "selector", default_value = "")]
+    pub selector: String,
+    /// Only this namespace (default: all).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    pub release: String,
+    /// Only this namespace (default: all).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClustersArgs {
+    #[arg(short = 'l', long = "selector", default_value = "")]
+    pub selector: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Set (`key=value`) or remove (`key-`) labels, as `kubectl label` does.
+    Label {
+        name: String,
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Also print heartbeats.
+    #[arg(long)]
+    pub heartbeats: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SelectorCommand {
+    /// Print the canonical form Kubernetes would print (exit 0), or the error (exit 2).
+    Parse { expr: String },
+    /// Print `match` (exit 0) or `no match` (exit 1) for a set of labels.
+    Match {
+        expr: String,
+        /// Labels as `key=value,key=value`.
+        #[arg(long, default_value = "")]
+        labels: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn args_are_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

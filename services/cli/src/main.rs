@@ -1,0 +1,21 @@
+//! `optikon`: see the library for what it does.
+
+use clap::Parser;
+use optikon_cli::{BadInput, EXIT_BAD_INPUT, EXIT_FAILED, args::Cli};
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let code = match optikon_cli::run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if error.downcast_ref::<BadInput>().is_some() {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_FAILED
+            }
+        }
+    };
+    std::process::exit(code);
+}

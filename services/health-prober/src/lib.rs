@@ -1,0 +1,163 @@
+//! The health-prober: measures one edge cluster and reports heartbeats.
+//!
+//! Heartbeats go into the site's own `STATUS` stream, which the hub sources; while the link
+//! is down they wait at the edge and reach the hub when it returns, and the hub meanwhile
+//! shows the cluster as unreachable from the age of the last heartbeat it has.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams};
+use optikon_core::message::{
+    ApiVersion, ClusterRecord, ClusterRegistration, Heartbeat, Reply, Timestamp, decode,
+};
+use optikon_core::subject;
+use optikon_runtime::shutdown::Shutdown;
+use optikon_runtime::{topology, trace};
+
+#[derive(Debug, Clone)]
+pub struct ProberConfig {
+    pub cluster: String,
+    pub labels: BTreeMap<String, String>,
+    pub interval: Duration,
+    /// How often the site announces itself to the hub again, repairing a lost registration.
+    pub reregister_every: Duration,
+}
+
+/// One measurement of the cluster. Problems are reported in `error`, never hidden.
+pub async fn probe(client: &kube::Client, config: &ProberConfig) -> Heartbeat {
+    let mut heartbeat = Heartbeat {
+        api_version: ApiVersion,
+        cluster: config.cluster.clone(),
+        labels: config.labels.clone(),
+        api_ready: false,
+        nodes_ready: 0,
+        nodes_total: 0,
+        pods_total: 0,
+        pods_by_phase: BTreeMap::new(),
+        kubernetes_version: None,
+        error: None,
+        interval_seconds: config.interval.as_secs().max(1) as u32,
+        at: Timestamp::now(),
+    };
+    let mut errors = Vec::new();
+    let readyz = http::Request::get("/readyz").body(Vec::new());
+    match readyz {
+        Ok(request) => match client.request_text(request).await {
+            Ok(body) => heartbeat.api_ready = body.trim() == "ok",
+            Err(e) => errors.push(format!("readyz: {e}")),
+        },
+        Err(e) => errors.push(format!("readyz request: {e}")),
+    }
+    match client.apiserver_version().await {
+        Ok(info) => heartbeat.kubernetes_version = Some(info.git_version),
+        Err(e) => errors.push(format!("version: {e}")),
+    }
+    match Api::<Node>::all(client.clone()).list(&ListParams::default()).await {
+        Ok(nodes) => {
+            heartbeat.nodes_total = nodes.items.len() as u32;
+            heartbeat.nodes_ready = nodes.items.iter().filter(|n| node_ready(n)).count() as u32;
+        }
+        Err(e) => errors.push(format!("nodes: {e}")),
+    }
+    match Api::<Pod>::all(client.clone()).list(&ListParams::default()).await {
+        Ok(pods) => {
+            heartbeat.pods_total = pods.items.len() as u32;
+            for pod in &pods.items {
+                let phase = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.clone())
+                    .unwrap_or_else(|| "Unknown".into());
+                *heartbeat.pods_by_phase.entry(phase).or_default() += 1;
+            }
+        }
+        Err(e) => errors.push(format!("pods: {e}")),
+    }
+    if !errors.is_empty() {
+        heartbeat.error = Some(errors.join("; "));
+    }
+    heartbeat
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+/// Probes every `interval` and publishes heartbeats until shutdown; registers the site with
+/// the hub whenever the hub is reachable and the last registration is old.
+pub async fn run(
+    nats: async_nats::Client,
+    kube: kube::Client,
+    config: ProberConfig,
+    shutdown: Shutdown,
+) -> Result<(), topology::TopologyError> {
+    let js = jetstream::new(nats.clone());
+    topology::ensure_edge(&js, &config.cluster).await?;
+    let mut registered_at: Option<tokio::time::Instant> = None;
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait() => return Ok(()),
+        }
+        if registered_at.is_none_or(|t| t.elapsed() > config.reregister_every) {
+            match register(&nats, &config).await {
+                Ok(record) => {
+                    tracing::info!(cluster = %record.name, "registered with the hub");
+                    registered_at = Some(tokio::time::Instant::now());
+                }
+                Err(error) => tracing::warn!(%error, "hub registration pending"),
+            }
+        }
+        let heartbeat = probe(&kube, &config).await;
+        if let Some(error) = &heartbeat.error {
+            tracing::warn!(%error, "cluster probe found problems");
+        }
+        let body = serde_json::to_vec(&heartbeat).expect("heartbeat serializes");
+        let published = async {
+            js.publish_with_headers(
+                subject::heartbeat(&config.cluster),
+                trace::headers(None),
+                body.into(),
+            )
+            .await?
+            .await
+        };
+        if let Err(error) = published.await {
+            tracing::warn!(%error, "heartbeat not stored at the edge");
+        }
+    }
+}
+
+/// Announces the site to the hub (core request over the leaf link; fails while cut off).
+pub async fn register(nats: &async_nats::Client, config: &ProberConfig) -> Result<ClusterRecord, String> {
+    let registration = ClusterRegistration {
+        api_version: ApiVersion,
+        name: config.cluster.clone(),
+        domain: config.cluster.clone(),
+        labels: config.labels.clone(),
+    };
+    let body = serde_json::to_vec(&registration).expect("registration serializes");
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        nats.request(subject::CLUSTER_REGISTER, body.into()),
+    )
+    .await
+    .map_err(|_| "hub did not answer".to_owned())?
+    .map_err(|e| e.to_string())?;
+    decode::<Reply<ClusterRecord>>("registration reply", &reply.payload)
+        .map_err(|e| e.to_string())?
+        .into_result()
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,101 @@
+//! selector-router: the hub's brain, stateless (all state is in JetStream).
+//!
+//! - [`request`]: release requests from `RELEASE_REQUESTS` become desired state per matching
+//!   cluster (KV `desired`, optimistic concurrency) and one command each on `CMD`.
+//! - [`fold`]: status from the edges (`STATUS_HUB`) is folded into the cluster registry,
+//!   the release list and each request's progress, and announced on
+//!   `optikon.event.request.<id>`.
+//! - [`registry`]: edges announce themselves; the hub starts sourcing their status.
+//!
+//! Replicas share the work through durable consumers and queue groups.
+
+pub mod fold;
+pub mod registry;
+pub mod request;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use optikon_core::message::{ApiError, ErrorCode};
+use optikon_core::subject;
+use optikon_runtime::shutdown::Shutdown;
+use optikon_runtime::topology;
+
+/// The hub's JetStream and the buckets the router reads and writes.
+#[derive(Clone)]
+pub struct Hub {
+    pub js: jetstream::Context,
+    pub clusters: kv::Store,
+    pub desired: kv::Store,
+    pub releases: kv::Store,
+    pub requests: kv::Store,
+    pub chart_index: kv::Store,
+}
+
+impl Hub {
+    pub async fn open(js: jetstream::Context) -> anyhow::Result<Self> {
+        topology::ensure_hub(&js).await?;
+        Ok(Hub {
+            clusters: js.get_key_value(subject::CLUSTERS_BUCKET).await?,
+            desired: js.get_key_value(subject::DESIRED_BUCKET).await?,
+            releases: js.get_key_value(subject::RELEASES_BUCKET).await?,
+            requests: js.get_key_value(subject::REQUESTS_BUCKET).await?,
+            chart_index: js.get_key_value(subject::CHART_INDEX_BUCKET).await?,
+            js,
+        })
+    }
+}
+
+/// Runs all three parts until shutdown.
+pub async fn run(client: async_nats::Client, shutdown: Shutdown) -> anyhow::Result<()> {
+    let hub = Hub::open(jetstream::new(client.clone())).await?;
+    tracing::info!("selector-router ready");
+    tokio::try_join!(
+        request::run(hub.clone(), shutdown.clone()),
+        fold::run(hub.clone(), shutdown.clone()),
+        registry::run(client, hub, shutdown),
+    )?;
+    Ok(())
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, format!("{what}: {e}"))
+}
+
+/// Reads and decodes a KV value (absent or deleted: `None`) with its revision.
+pub async fn read<T: serde::de::DeserializeOwned>(
+    store: &kv::Store,
+    key: &str,
+) -> Result<Option<(T, u64)>, ApiError> {
+    let entry = store.entry(key).await.map_err(|e| internal("read KV", e))?;
+    match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            let value = serde_json::from_slice(&entry.value)
+                .map_err(|e| internal(&format!("decode KV entry {key}"), e))?;
+            Ok(Some((value, entry.revision)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Writes `value` if the key is still at `revision` (`None`: still absent). `Ok(false)` when
+/// someone else wrote first; the caller reads again and retries.
+pub async fn write_if<T: serde::Serialize>(
+    store: &kv::Store,
+    key: &str,
+    value: &T,
+    revision: Option<u64>,
+) -> Result<bool, ApiError> {
+    let body: Bytes = serde_json::to_vec(value).expect("value serializes").into();
+    let result = match revision {
+        Some(revision) => store.update(key, body, revision).await.map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision).err(),
+        None => store.create(key, body).await.map(|_| ()).map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists).err(),
+    };
+    match result {
+        None => Ok(true),
+        Some(true) => Ok(false),
+        Some(false) => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("write KV entry {key} failed"),
+        )),
+    }
+}

@@ -1,0 +1,394 @@
+//! Release requests → desired state per matching cluster → one command per cluster.
+//!
+//! Every step is idempotent, so a request redelivered after a crash, or published twice,
+//! changes each cluster's desired state once: a cluster whose desired record already names
+//! this request keeps its generation, and commands carry `Nats-Msg-Id: <request>.<cluster>`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::{StreamExt, TryStreamExt};
+use optikon_core::message::{
+    Action, ApiError, ApiVersion, ChartIndexEntry, ChartPin, ChartRef, ClusterProgress,
+    ClusterRecord, DesiredRelease, ErrorCode, ReleaseRequest, ReleaseState, RequestStatus,
+    Timestamp, decode,
+};
+use optikon_core::names;
+use optikon_core::selector::LabelSelector;
+use optikon_core::subject;
+use optikon_runtime::shutdown::Shutdown;
+use optikon_runtime::trace;
+use tracing::Instrument;
+
+use crate::{Hub, internal, read, write_if};
+
+const CONSUMER: &str = "selector-router";
+
+pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
+    let stream = hub.js.get_stream(subject::RELEASE_REQUESTS_STREAM).await?;
+    let consumer = stream
+        .get_or_create_consumer(
+            CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(CONSUMER.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(60),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut messages = consumer.messages().await?;
+    loop {
+        let message = tokio::select! {
+            m = messages.next() => match m {
+                Some(Ok(m)) => m,
+                Some(Err(error)) => { tracing::warn!(%error, "request stream interrupted"); continue }
+                None => return Ok(()),
+            },
+            _ = shutdown.wait() => return Ok(()),
+        };
+        let span = tracing::info_span!("release_request");
+        trace::adopt(&span, message.headers.as_ref());
+        match handle(&hub, &message).instrument(span).await {
+            Ok(()) => {
+                let _ = message.ack().await;
+            }
+            Err(error) => {
+                // Only infrastructure errors get here; the request is tried again.
+                tracing::warn!(%error, "request will be retried");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                    .await;
+            }
+        }
+    }
+}
+
+/// Handles one request message. `Err` only for problems worth a retry; a bad request is
+/// answered (its status records the error) and `Ok`.
+async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiError> {
+    // What to file a refusal under when the body's own id is unusable: the message id if it
+    // is a usable id, else the stream sequence.
+    let sequence_id = message
+        .info()
+        .map(|i| format!("seq-{}", i.stream_sequence))
+        .unwrap_or_else(|_| "seq-unknown".into());
+    let fallback_id = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Msg-Id"))
+        .map(|v| v.as_str().to_owned())
+        .filter(|id| validate_id(id).is_ok())
+        .unwrap_or(sequence_id);
+    let request: ReleaseRequest = match decode("release request", &message.payload) {
+        Ok(request) => request,
+        Err(error) => {
+            let status = rejected_unreadable(&fallback_id, &message.payload, error);
+            return record_once(hub, &status).await;
+        }
+    };
+    tracing::info!(id = %request.id, action = %request.action, release = %request.release, selector = %request.selector, "release request");
+    let mut status = RequestStatus {
+        api_version: ApiVersion,
+        id: request.id.clone(),
+        action: Some(request.action),
+        release: request.release.clone(),
+        namespace: request.namespace.clone(),
+        selector: request.selector.clone(),
+        error: None,
+        clusters: BTreeMap::new(),
+        accepted_at: Timestamp::now(),
+    };
+    if let Err(error) = validate_id(&request.id) {
+        status.id = fallback_id;
+        status.error = Some(error);
+        return record_once(hub, &status).await;
+    }
+    let plan = match plan(hub, &request).await {
+        Ok(plan) => plan,
+        Err(error) if error.code == ErrorCode::Internal => return Err(error),
+        Err(error) => {
+            tracing::info!(id = %request.id, %error, "request refused");
+            status.error = Some(error);
+            return record_once(hub, &status).await;
+        }
+    };
+
+    // Desired state first, then the request's status, then the commands: an edge can only
+    // answer a command whose request status already exists to be updated.
+    let mut commands = Vec::new();
+    for cluster in &plan.clusters {
+        let desired = set_desired(hub, &request, cluster, plan.chart.clone()).await?;
+        status.clusters.insert(
+            cluster.name.clone(),
+            ClusterProgress {
+                generation: desired.generation,
+                state: ReleaseState::Pending,
+                revision: None,
+                reason: None,
+            },
+        );
+        commands.push(desired);
+    }
+    let status = merge_status(hub, status).await?;
+    for desired in &commands {
+        let body = serde_json::to_vec(desired).expect("command serializes");
+        let msg_id = format!("{}.{}", request.id, desired.cluster);
+        hub.js
+            .publish_with_headers(
+                subject::command(&desired.cluster, &desired.namespace, &desired.release),
+                trace::headers(Some(&msg_id)),
+                body.into(),
+            )
+            .await
+            .map_err(|e| internal("publish command", e))?
+            .await
+            .map_err(|e| internal("store command", e))?;
+    }
+    tracing::info!(id = %request.id, targets = commands.len(), "commands sent");
+    publish_event(hub, &status).await
+}
+
+/// What a valid request resolves to.
+struct Plan {
+    chart: Option<ChartPin>,
+    clusters: Vec<ClusterRecord>,
+}
+
+/// Checks the request and resolves its chart and target clusters.
+async fn plan(hub: &Hub, request: &ReleaseRequest) -> Result<Plan, ApiError> {
+    names::validate_release_name(&request.release)
+        .map_err(|e| ApiError::new(ErrorCode::BadReleaseName, e.to_string()))?;
+    names::validate_namespace(&request.namespace)
+        .map_err(|e| ApiError::new(ErrorCode::BadNamespace, e.to_string()))?;
+    let selector = LabelSelector::parse(&request.selector)
+        .map_err(|e| ApiError::new(ErrorCode::BadSelector, e.to_string()))?;
+    if let Some(values) = &request.values {
+        if !values.is_object() {
+            return Err(ApiError::new(
+                ErrorCode::BadValues,
+                "values must be a JSON object (a YAML mapping), like the chart's values.yaml",
+            ));
+        }
+    }
+    let chart = match (request.action, &request.chart) {
+        (Action::Install | Action::Upgrade, None) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("{} needs a chart: give {{\"name\", \"version\"}} or {{\"digest\"}}", request.action),
+            ));
+        }
+        (Action::Install | Action::Upgrade, Some(chart)) => Some(resolve_chart(hub, chart).await?),
+        (Action::Rollback | Action::Uninstall, _) => None,
+    };
+    let clusters = matching_clusters(hub, &selector).await?;
+    Ok(Plan { chart, clusters })
+}
+
+/// A request id becomes a KV key and a subject token: letters, digits, `-` and `_`.
+fn validate_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("request id {id:?} must be 1-128 letters, digits, '-' or '_' (a UUID works)"),
+        ))
+    }
+}
+
+async fn resolve_chart(hub: &Hub, chart: &ChartRef) -> Result<ChartPin, ApiError> {
+    match chart {
+        ChartRef::NameVersion { name, version } => {
+            read::<ChartIndexEntry>(&hub.chart_index, &subject::chart_key(name, version))
+                .await?
+                .map(|(entry, _)| entry.pin())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::ChartNotFound,
+                        format!("chart {name} {version} is not in the chart index; push it first"),
+                    )
+                })
+        }
+        ChartRef::Digest { digest } => {
+            let keys: Vec<String> = hub
+                .chart_index
+                .keys()
+                .await
+                .map_err(|e| internal("list charts", e))?
+                .try_collect()
+                .await
+                .map_err(|e| internal("list charts", e))?;
+            for key in keys {
+                if let Some((entry, _)) = read::<ChartIndexEntry>(&hub.chart_index, &key).await? {
+                    if &entry.digest == digest {
+                        return Ok(entry.pin());
+                    }
+                }
+            }
+            Err(ApiError::new(
+                ErrorCode::ChartNotFound,
+                format!("no chart with digest {digest}; push it first"),
+            ))
+        }
+    }
+}
+
+/// Every registered cluster whose labels match.
+pub async fn matching_clusters(
+    hub: &Hub,
+    selector: &LabelSelector,
+) -> Result<Vec<ClusterRecord>, ApiError> {
+    let keys: Vec<String> = hub
+        .clusters
+        .keys()
+        .await
+        .map_err(|e| internal("list clusters", e))?
+        .try_collect()
+        .await
+        .map_err(|e| internal("list clusters", e))?;
+    let mut matching = Vec::new();
+    for key in keys {
+        if let Some((record, _)) = read::<ClusterRecord>(&hub.clusters, &key).await? {
+            if selector.matches(&record.labels) {
+                matching.push(record);
+            }
+        }
+    }
+    matching.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(matching)
+}
+
+/// Records the desired state of the release on `cluster` for this request, once.
+async fn set_desired(
+    hub: &Hub,
+    request: &ReleaseRequest,
+    cluster: &ClusterRecord,
+    chart: Option<ChartPin>,
+) -> Result<DesiredRelease, ApiError> {
+    let key = subject::release_key(&cluster.name, &request.namespace, &request.release);
+    for _ in 0..20 {
+        let current = read::<DesiredRelease>(&hub.desired, &key).await?;
+        if let Some((existing, _)) = &current {
+            if existing.request_id == request.id {
+                return Ok(existing.clone());
+            }
+        }
+        let desired = DesiredRelease {
+            api_version: ApiVersion,
+            cluster: cluster.name.clone(),
+            namespace: request.namespace.clone(),
+            release: request.release.clone(),
+            generation: current.as_ref().map_or(1, |(d, _)| d.generation + 1),
+            request_id: request.id.clone(),
+            action: request.action,
+            chart: chart.clone(),
+            values: request
+                .values
+                .clone()
+                .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
+            rollback_to: request.revision,
+            requested_at: Timestamp::now(),
+        };
+        if write_if(&hub.desired, &key, &desired, current.map(|(_, r)| r)).await? {
+            return Ok(desired);
+        }
+    }
+    Err(internal(
+        "update desired state",
+        format!("{key} kept changing under concurrent requests"),
+    ))
+}
+
+/// Creates the request's status, or merges into one a previous attempt wrote (keeping the
+/// progress already folded in).
+async fn merge_status(hub: &Hub, mut status: RequestStatus) -> Result<RequestStatus, ApiError> {
+    let key = subject::token(&status.id);
+    for _ in 0..20 {
+        let current = read::<RequestStatus>(&hub.requests, &key).await?;
+        let revision = current.as_ref().map(|(_, r)| *r);
+        if let Some((existing, _)) = current {
+            status.accepted_at = existing.accepted_at;
+            for (cluster, progress) in existing.clusters {
+                status.clusters.insert(cluster, progress);
+            }
+        }
+        if write_if(&hub.requests, &key, &status, revision).await? {
+            return Ok(status);
+        }
+    }
+    Err(internal("record request status", "too many concurrent updates"))
+}
+
+/// Records a refused request unless its id already has a status (a refused duplicate must
+/// not overwrite the original's progress).
+async fn record_once(hub: &Hub, status: &RequestStatus) -> Result<(), ApiError> {
+    let key = subject::token(&status.id);
+    if write_if(&hub.requests, &key, status, None).await? {
+        publish_event(hub, status).await
+    } else {
+        tracing::info!(id = %status.id, "refused repeat of a known request id; kept the original");
+        Ok(())
+    }
+}
+
+/// Announces a request's status on `optikon.event.request.<id>` (stored in `EVENTS`).
+pub async fn publish_event(hub: &Hub, status: &RequestStatus) -> Result<(), ApiError> {
+    let body = serde_json::to_vec(status).expect("status serializes");
+    hub.js
+        .publish_with_headers(subject::request_event(&status.id), trace::headers(None), body.into())
+        .await
+        .map_err(|e| internal("publish event", e))?
+        .await
+        .map_err(|e| internal("store event", e))?;
+    Ok(())
+}
+
+/// The status of a request whose body could not be read: as much as can be said of it.
+fn rejected_unreadable(id: &str, body: &[u8], error: ApiError) -> RequestStatus {
+    let loose: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let text = |field: &str| loose[field].as_str().unwrap_or_default().to_owned();
+    let id = if validate_id(&text("id")).is_ok() { text("id") } else { id.to_owned() };
+    RequestStatus {
+        api_version: ApiVersion,
+        id,
+        action: serde_json::from_value(loose["action"].clone()).ok(),
+        release: text("release"),
+        namespace: text("namespace"),
+        selector: text("selector"),
+        error: Some(error),
+        clusters: BTreeMap::new(),
+        accepted_at: Timestamp::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_must_be_subject_safe() {
+        assert!(validate_id("5f0c1b7e-1d2a-4e9b-a0a1-0b9c8d7e6f5a").is_ok());
+        for bad in ["", "a.b", "a b", "a*", "a>", &"x".repeat(129)] {
+            let err = validate_id(bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidRequest, "{bad}");
+        }
+    }
+
+    #[test]
+    fn unreadable_requests_keep_what_can_be_read() {
+        let body = br#"{"id":"r-1","action":"install","release":"web","namespace":"default","selector":"a=b","extra":1}"#;
+        let err = ApiError::new(ErrorCode::MalformedMessage, "unknown field extra");
+        let status = rejected_unreadable("seq-9", body, err);
+        assert_eq!(status.id, "r-1");
+        assert_eq!(status.action, Some(Action::Install));
+        assert_eq!(status.release, "web");
+        let status = rejected_unreadable("seq-9", b"not json", ApiError::new(ErrorCode::MalformedMessage, "x"));
+        assert_eq!(status.id, "seq-9");
+        assert!(status.is_complete());
+    }
+}
