@@ -1,0 +1,295 @@
+//! A client of Optikon's NATS API: what the CLI and the gateway do, in one place.
+//!
+//! Requests go to `optikon.release.request` (JetStream, deduplicated by request id);
+//! progress is read by watching the request's entry in the `requests` bucket; listings
+//! read the hub's KV buckets.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::{Stream, StreamExt, TryStreamExt};
+use optikon_core::message::{
+    ApiError, ApiVersion, ChartIndexEntry, ClusterRecord, ReleaseRequest, ReleaseStatus, Reply,
+    RequestStatus, decode,
+};
+use optikon_core::{names, subject};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The hub refused what was asked, saying why (bad chart, bad selector, ...).
+    #[error("{}", .0.message)]
+    Refused(ApiError),
+    /// What the user named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The user's input is wrong before anything was sent.
+    #[error("{0}")]
+    BadInput(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("NATS: {0}")]
+    Nats(String),
+}
+
+fn nats(what: &str) -> impl Fn(&dyn std::fmt::Display) -> ClientError + '_ {
+    move |e| ClientError::Nats(format!("{what}: {e}"))
+}
+
+/// A label change as `kubectl label` takes it: `key=value` sets, `key-` removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelChange {
+    Set(String, String),
+    Remove(String),
+}
+
+impl LabelChange {
+    pub fn parse(change: &str) -> Result<Self, ClientError> {
+        let bad = |e: names::NameError| ClientError::BadInput(e.to_string());
+        if let Some(key) = change.strip_suffix('-') {
+            names::validate_label_key(key).map_err(bad)?;
+            return Ok(LabelChange::Remove(key.to_owned()));
+        }
+        let (key, value) = change.split_once('=').ok_or_else(|| {
+            ClientError::BadInput(format!("{change:?}: write key=value to set or key- to remove"))
+        })?;
+        names::validate_label_key(key).map_err(bad)?;
+        names::validate_label_value(value).map_err(bad)?;
+        Ok(LabelChange::Set(key.to_owned(), value.to_owned()))
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    nats: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl Client {
+    pub fn new(nats: async_nats::Client) -> Self {
+        let js = jetstream::new(nats.clone());
+        Client { nats, js }
+    }
+
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    async fn bucket(&self, name: &str) -> Result<kv::Store, ClientError> {
+        self.js.get_key_value(name).await.map_err(|e| {
+            ClientError::Nats(format!(
+                "bucket {name} not found ({e}): is the hub set up (selector-router running)?"
+            ))
+        })
+    }
+
+    /// Every live value of a bucket.
+    async fn read_all<T: serde::de::DeserializeOwned>(&self, bucket: &str) -> Result<Vec<T>, ClientError> {
+        let store = self.bucket(bucket).await?;
+        let keys: Vec<String> = store
+            .keys()
+            .await
+            .map_err(|e| nats("list keys")(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| nats("list keys")(&e))?;
+        let mut out = Vec::new();
+        for key in keys {
+            if let Some(bytes) = store.get(&key).await.map_err(|e| nats("read")(&e))? {
+                out.push(decode::<T>(bucket, &bytes).map_err(ClientError::Refused)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Uploads an archive to `chart-uploads` and asks chart-ingest to take it.
+    pub async fn push_chart(&self, bytes: &[u8], force: bool) -> Result<ChartIndexEntry, ClientError> {
+        let uploads = self.js.get_object_store(subject::UPLOADS_BUCKET).await.map_err(|e| {
+            ClientError::Nats(format!("object store chart-uploads not found ({e}): is chart-ingest running?"))
+        })?;
+        let name = format!("upload-{}", uuid::Uuid::new_v4());
+        uploads
+            .put(name.as_str(), &mut &bytes[..])
+            .await
+            .map_err(|e| nats("upload chart")(&e))?;
+        let mut headers = optikon_runtime::trace::headers(None);
+        headers.insert(subject::HEADER_UPLOAD, name.as_str());
+        if force {
+            headers.insert(subject::HEADER_FORCE, "true");
+        }
+        let reply = self
+            .nats
+            .request_with_headers(subject::CHART_PUSH, headers, bytes::Bytes::new())
+            .await
+            .map_err(|e| ClientError::Nats(format!("chart-ingest did not answer ({e}): is it running?")))?;
+        decode::<Reply<ChartIndexEntry>>("chart push reply", &reply.payload)
+            .map_err(ClientError::Refused)?
+            .into_result()
+            .map_err(ClientError::Refused)
+    }
+
+    pub async fn charts(&self) -> Result<Vec<ChartIndexEntry>, ClientError> {
+        let mut charts: Vec<ChartIndexEntry> = self.read_all(subject::CHART_INDEX_BUCKET).await?;
+        charts.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        Ok(charts)
+    }
+
+    /// The highest SemVer version stored under `name`.
+    pub async fn latest_chart_version(&self, name: &str) -> Result<String, ClientError> {
+        self.charts()
+            .await?
+            .iter()
+            .filter(|c| c.name == name)
+            .filter_map(|c| semver::Version::parse(&c.version).ok())
+            .max()
+            .map(|v| v.to_string())
+            .ok_or_else(|| {
+                ClientError::NotFound(format!(
+                    "no chart named {name:?} is stored; push it first"
+                ))
+            })
+    }
+
+    pub async fn clusters(&self) -> Result<Vec<ClusterRecord>, ClientError> {
+        let mut clusters: Vec<ClusterRecord> = self.read_all(subject::CLUSTERS_BUCKET).await?;
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(clusters)
+    }
+
+    pub async fn clusters_by_name(&self) -> Result<BTreeMap<String, ClusterRecord>, ClientError> {
+        Ok(self.clusters().await?.into_iter().map(|c| (c.name.clone(), c)).collect())
+    }
+
+    /// Every release on every cluster as last reported (uninstalled ones included).
+    pub async fn releases(&self) -> Result<Vec<ReleaseStatus>, ClientError> {
+        let mut releases: Vec<ReleaseStatus> = self.read_all(subject::RELEASES_BUCKET).await?;
+        releases.sort_by(|a, b| {
+            (&a.release, &a.namespace, &a.cluster).cmp(&(&b.release, &b.namespace, &b.cluster))
+        });
+        Ok(releases)
+    }
+
+    pub async fn request_status(&self, id: &str) -> Result<Option<RequestStatus>, ClientError> {
+        let store = self.bucket(subject::REQUESTS_BUCKET).await?;
+        match store.get(subject::token(id)).await.map_err(|e| nats("read request")(&e))? {
+            Some(bytes) => Ok(Some(decode("request status", &bytes).map_err(ClientError::Refused)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies label changes to a cluster (optimistic concurrency, retried on conflict).
+    pub async fn label_cluster(&self, name: &str, changes: &[LabelChange]) -> Result<ClusterRecord, ClientError> {
+        let store = self.bucket(subject::CLUSTERS_BUCKET).await?;
+        let key = subject::token(name);
+        for _ in 0..10 {
+            let entry = store
+                .entry(&key)
+                .await
+                .map_err(|e| nats("read cluster")(&e))?
+                .filter(|e| e.operation == kv::Operation::Put)
+                .ok_or_else(|| ClientError::NotFound(format!("no cluster named {name:?}")))?;
+            let mut record: ClusterRecord = decode("cluster record", &entry.value).map_err(ClientError::Refused)?;
+            for change in changes {
+                match change {
+                    LabelChange::Set(k, v) => {
+                        record.labels.insert(k.clone(), v.clone());
+                    }
+                    LabelChange::Remove(k) => {
+                        record.labels.remove(k);
+                    }
+                }
+            }
+            let body = serde_json::to_vec(&record).expect("record serializes");
+            if store.update(&key, body.into(), entry.revision).await.is_ok() {
+                return Ok(record);
+            }
+        }
+        Err(ClientError::Nats(format!("cluster {name} kept changing; try again")))
+    }
+
+    /// A new request with a fresh id.
+    pub fn new_request(
+        action: optikon_core::message::Action,
+        release: &str,
+        namespace: &str,
+        selector: &str,
+    ) -> ReleaseRequest {
+        ReleaseRequest {
+            api_version: ApiVersion,
+            id: uuid::Uuid::new_v4().to_string(),
+            action,
+            release: release.to_owned(),
+            namespace: namespace.to_owned(),
+            selector: selector.to_owned(),
+            chart: None,
+            values: None,
+            revision: None,
+        }
+    }
+
+    /// Publishes a request and returns the stream of its status updates (the first one may
+    /// come from before, if the id was used already).
+    pub async fn submit(
+        &self,
+        request: &ReleaseRequest,
+    ) -> Result<impl Stream<Item = RequestStatus> + use<>, ClientError> {
+        let requests = self.bucket(subject::REQUESTS_BUCKET).await?;
+        // Watch before publishing, so not even a fast answer is missed.
+        let updates = requests
+            .watch(subject::token(&request.id))
+            .await
+            .map_err(|e| nats("watch request")(&e))?;
+        let body = serde_json::to_vec(request).expect("request serializes");
+        self.js
+            .publish_with_headers(
+                subject::RELEASE_REQUEST,
+                optikon_runtime::trace::headers(Some(&request.id)),
+                body.into(),
+            )
+            .await
+            .map_err(|e| nats("publish request")(&e))?
+            .await
+            .map_err(|e| nats("the hub did not store the request")(&e))?;
+        Ok(updates.filter_map(|entry| async move {
+            let entry = entry.ok()?;
+            if entry.operation != kv::Operation::Put {
+                return None;
+            }
+            serde_json::from_slice::<RequestStatus>(&entry.value).ok()
+        }))
+    }
+
+    /// Submits and follows a request until it is complete (or refused), calling `progress`
+    /// on every update.
+    pub async fn run_request(
+        &self,
+        request: &ReleaseRequest,
+        timeout: Duration,
+        mut progress: impl FnMut(&RequestStatus),
+    ) -> Result<RequestStatus, ClientError> {
+        let updates = self.submit(request).await?;
+        let mut updates = std::pin::pin!(updates);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, updates.next()).await {
+                Err(_) => {
+                    return Err(ClientError::Timeout(format!(
+                        "request {} not complete after {}s; it goes on",
+                        request.id,
+                        timeout.as_secs()
+                    )));
+                }
+                Ok(None) => return Err(ClientError::Nats("the request watch ended".into())),
+                Ok(Some(status)) => {
+                    progress(&status);
+                    if let Some(error) = &status.error {
+                        return Err(ClientError::Refused(error.clone()));
+                    }
+                    if status.is_complete() {
+                        return Ok(status);
+                    }
+                }
+            }
+        }
+    }
+}
