@@ -85,7 +85,9 @@ impl ChartIngest {
             let _ = self.uploads.delete(name).await;
         }
         match &result {
-            Ok(entry) => tracing::info!(chart = %entry.name, version = %entry.version, digest = %entry.digest, "chart stored"),
+            Ok(entry) => {
+                tracing::info!(chart = %entry.name, version = %entry.version, digest = %entry.digest, "chart stored")
+            }
             Err(error) => tracing::info!(%error, "chart refused"),
         }
         result
@@ -95,7 +97,10 @@ impl ChartIngest {
         let mut object = self.uploads.get(name).await.map_err(|e| {
             ApiError::new(
                 ErrorCode::BadChart,
-                format!("upload {name:?} not found in {}: {e}", subject::UPLOADS_BUCKET),
+                format!(
+                    "upload {name:?} not found in {}: {e}",
+                    subject::UPLOADS_BUCKET
+                ),
             )
         })?;
         let mut bytes = Vec::new();
@@ -167,13 +172,26 @@ impl ChartIngest {
         // Create, or replace exactly the entry we read: two pushes racing on one
         // name+version cannot both win.
         let written = match previous_revision {
-            None => self.index.create(&key, body.clone()).await.map(|_| ()).map_err(|e| e.to_string()),
-            Some(revision) => self.index.update(&key, body.clone(), revision).await.map(|_| ()).map_err(|e| e.to_string()),
+            None => self
+                .index
+                .create(&key, body.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Some(revision) => self
+                .index
+                .update(&key, body.clone(), revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
         };
         if let Err(error) = written {
             return Err(ApiError::new(
                 ErrorCode::ChartConflict,
-                format!("chart {} {} changed while it was being stored ({error}); push again", entry.name, entry.version),
+                format!(
+                    "chart {} {} changed while it was being stored ({error}); push again",
+                    entry.name, entry.version
+                ),
             ));
         }
         let _ = self

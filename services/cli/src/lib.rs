@@ -6,6 +6,7 @@ pub mod output;
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt;
 use optikon_client::{Client, ClientError, LabelChange};
 use optikon_core::message::{
     Action, ChartRef, ClusterRecord, Heartbeat, ReleaseRequest, ReleaseState, ReleaseStatus,
@@ -13,9 +14,10 @@ use optikon_core::message::{
 };
 use optikon_core::selector::LabelSelector;
 use optikon_core::{names, subject, values};
-use futures::StreamExt;
 
-use crate::args::{ApplyArgs, ChartCommand, Cli, ClusterCommand, Command, SelectorCommand, WaitArgs};
+use crate::args::{
+    ApplyArgs, ChartCommand, Cli, ClusterCommand, Command, SelectorCommand, WaitArgs,
+};
 use crate::output::{Table, print};
 
 /// Exit codes: 0 success, 1 something failed (or `selector match` found no match),
@@ -49,11 +51,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let nats = optikon_runtime::connect(&cli.nats, "optikon-cli").await?;
     let client = Client::new(nats.clone());
     let code = match cli.command {
-        Command::Chart(ChartCommand::Push { file, force, output }) => {
+        Command::Chart(ChartCommand::Push {
+            file,
+            force,
+            output,
+        }) => {
             let entry = push_file(&client, &file, force).await?;
             print(output.format, &entry, || {
                 let mut t = Table::new(vec!["NAME", "VERSION", "DIGEST"]);
-                t.rows.push(vec![entry.name.clone(), entry.version.clone(), entry.digest.clone()]);
+                t.rows.push(vec![
+                    entry.name.clone(),
+                    entry.version.clone(),
+                    entry.digest.clone(),
+                ]);
                 t
             });
             0
@@ -78,13 +88,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Install(args) => apply(&client, Action::Install, args).await?,
         Command::Upgrade(args) => apply(&client, Action::Upgrade, args).await?,
         Command::Rollback(args) => {
-            let mut request = Client::new_request(Action::Rollback, &args.release, &args.target.namespace, &args.target.selector);
+            let mut request = Client::new_request(
+                Action::Rollback,
+                &args.release,
+                &args.target.namespace,
+                &args.target.selector,
+            );
             request.revision = args.revision;
             check_request(&request)?;
             follow(&client, request, &args.wait).await?
         }
         Command::Uninstall(args) => {
-            let request = Client::new_request(Action::Uninstall, &args.release, &args.target.namespace, &args.target.selector);
+            let request = Client::new_request(
+                Action::Uninstall,
+                &args.release,
+                &args.target.namespace,
+                &args.target.selector,
+            );
             check_request(&request)?;
             follow(&client, request, &args.wait).await?
         }
@@ -95,21 +115,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             releases.retain(|r| {
                 r.state != ReleaseState::Uninstalled
                     && args.namespace.as_ref().is_none_or(|n| &r.namespace == n)
-                    && clusters.get(&r.cluster).is_some_and(|c| selector.matches(&c.labels))
+                    && clusters
+                        .get(&r.cluster)
+                        .is_some_and(|c| selector.matches(&c.labels))
             });
-            print(args.output.format, &releases, || release_table(&releases, false));
+            print(args.output.format, &releases, || {
+                release_table(&releases, false)
+            });
             0
         }
         Command::Status(args) => {
             let mut releases = client.releases().await.map_err(classify)?;
             releases.retain(|r| {
-                r.release == args.release && args.namespace.as_ref().is_none_or(|n| &r.namespace == n)
+                r.release == args.release
+                    && args.namespace.as_ref().is_none_or(|n| &r.namespace == n)
             });
             if releases.is_empty() {
                 eprintln!("release {:?} is not known on any cluster", args.release);
                 return Ok(EXIT_FAILED);
             }
-            print(args.output.format, &releases, || release_table(&releases, true));
+            print(args.output.format, &releases, || {
+                release_table(&releases, true)
+            });
             0
         }
         Command::Clusters(args) => {
@@ -118,16 +145,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             clusters.retain(|c| selector.matches(&c.labels));
             let now = Timestamp::now();
             print(args.output.format, &clusters, || {
-                let mut t = Table::new(vec!["NAME", "LABELS", "HEALTH", "PODS", "VERSION", "LAST SEEN"]);
+                let mut t = Table::new(vec![
+                    "NAME",
+                    "LABELS",
+                    "HEALTH",
+                    "PODS",
+                    "VERSION",
+                    "LAST SEEN",
+                ]);
                 for c in &clusters {
                     let hb: Option<&Heartbeat> = c.last_heartbeat.as_ref();
                     t.rows.push(vec![
                         c.name.clone(),
                         format_labels(&c.labels),
                         c.health(now).to_string(),
-                        hb.map(|h| h.pods_total.to_string()).unwrap_or_else(|| "-".into()),
-                        hb.and_then(|h| h.kubernetes_version.clone()).unwrap_or_else(|| "-".into()),
-                        c.last_seen().map(|t| ago(t, now)).unwrap_or_else(|| "never".into()),
+                        hb.map(|h| h.pods_total.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        hb.and_then(|h| h.kubernetes_version.clone())
+                            .unwrap_or_else(|| "-".into()),
+                        c.last_seen()
+                            .map(|t| ago(t, now))
+                            .unwrap_or_else(|| "never".into()),
                     ]);
                 }
                 t
@@ -140,7 +178,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .map(|c| LabelChange::parse(c))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(classify)?;
-            let record: ClusterRecord = client.label_cluster(&name, &changes).await.map_err(classify)?;
+            let record: ClusterRecord = client
+                .label_cluster(&name, &changes)
+                .await
+                .map_err(classify)?;
             println!("{}: {}", record.name, format_labels(&record.labels));
             0
         }
@@ -204,32 +245,57 @@ fn check_request(request: &ReleaseRequest) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn push_file(client: &Client, file: &std::path::Path, force: bool) -> anyhow::Result<optikon_core::message::ChartIndexEntry> {
+async fn push_file(
+    client: &Client,
+    file: &std::path::Path,
+    force: bool,
+) -> anyhow::Result<optikon_core::message::ChartIndexEntry> {
     let bytes = tokio::fs::read(file)
         .await
         .map_err(|e| bad_input(format!("cannot read chart {}: {e}", file.display())))?;
     client.push_chart(&bytes, force).await.map_err(|e| match e {
-        ClientError::Refused(e) => bad_input(format!("chart {} refused: {}", file.display(), e.message)),
+        ClientError::Refused(e) => {
+            bad_input(format!("chart {} refused: {}", file.display(), e.message))
+        }
         other => other.into(),
     })
 }
 
 async fn apply(client: &Client, action: Action, args: ApplyArgs) -> anyhow::Result<i32> {
-    let mut request = Client::new_request(action, &args.release, &args.target.namespace, &args.target.selector);
+    let mut request = Client::new_request(
+        action,
+        &args.release,
+        &args.target.namespace,
+        &args.target.selector,
+    );
     check_request(&request)?;
     request.values = Some(collect_values(&args)?);
     let chart = if std::path::Path::new(&args.chart).is_file() {
         let entry = push_file(client, std::path::Path::new(&args.chart), false).await?;
-        eprintln!("pushed chart {} {} ({})", entry.name, entry.version, entry.digest);
-        ChartRef::NameVersion { name: entry.name, version: entry.version }
+        eprintln!(
+            "pushed chart {} {} ({})",
+            entry.name, entry.version, entry.digest
+        );
+        ChartRef::NameVersion {
+            name: entry.name,
+            version: entry.version,
+        }
     } else if args.chart.starts_with("sha256:") {
-        ChartRef::Digest { digest: args.chart.clone() }
+        ChartRef::Digest {
+            digest: args.chart.clone(),
+        }
     } else {
         let version = match &args.version {
             Some(v) => v.clone(),
-            None => client.latest_chart_version(&args.chart).await.map_err(classify)?,
+            None => client
+                .latest_chart_version(&args.chart)
+                .await
+                .map_err(classify)?,
         };
-        ChartRef::NameVersion { name: args.chart.clone(), version }
+        ChartRef::NameVersion {
+            name: args.chart.clone(),
+            version,
+        }
     };
     request.chart = Some(chart);
     follow(client, request, &args.wait).await
@@ -237,7 +303,10 @@ async fn apply(client: &Client, action: Action, args: ApplyArgs) -> anyhow::Resu
 
 /// Publishes a request, then (unless told not to) follows it to the end.
 async fn follow(client: &Client, request: ReleaseRequest, wait: &WaitArgs) -> anyhow::Result<i32> {
-    eprintln!("request {}: {} {}", request.id, request.action, request.release);
+    eprintln!(
+        "request {}: {} {}",
+        request.id, request.action, request.release
+    );
     if wait.no_wait {
         let updates = client.submit(&request).await.map_err(classify)?;
         drop(updates);
@@ -246,14 +315,18 @@ async fn follow(client: &Client, request: ReleaseRequest, wait: &WaitArgs) -> an
     }
     let mut last_line = String::new();
     let result = client
-        .run_request(&request, std::time::Duration::from_secs(wait.timeout), |status| {
-            let (done, failed, total) = status.tally();
-            let line = format!("{done}/{total} clusters done, {failed} failed");
-            if line != last_line {
-                eprintln!("{line}");
-                last_line = line;
-            }
-        })
+        .run_request(
+            &request,
+            std::time::Duration::from_secs(wait.timeout),
+            |status| {
+                let (done, failed, total) = status.tally();
+                let line = format!("{done}/{total} clusters done, {failed} failed");
+                if line != last_line {
+                    eprintln!("{line}");
+                    last_line = line;
+                }
+            },
+        )
         .await;
     match result {
         Ok(status) => Ok(finish(&status)),
@@ -287,7 +360,15 @@ fn ago(then: Timestamp, now: Timestamp) -> String {
 }
 
 fn release_table(releases: &[ReleaseStatus], with_reason: bool) -> Table {
-    let mut header = vec!["NAME", "NAMESPACE", "REVISION", "CHART", "CHART VERSION", "CLUSTER", "STATUS"];
+    let mut header = vec![
+        "NAME",
+        "NAMESPACE",
+        "REVISION",
+        "CHART",
+        "CHART VERSION",
+        "CLUSTER",
+        "STATUS",
+    ];
     if with_reason {
         header.push("REASON");
     }
@@ -296,9 +377,17 @@ fn release_table(releases: &[ReleaseStatus], with_reason: bool) -> Table {
         let mut row = vec![
             r.release.clone(),
             r.namespace.clone(),
-            r.revision.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-            r.chart.as_ref().map(|c| c.name.clone()).unwrap_or_else(|| "-".into()),
-            r.chart.as_ref().map(|c| c.version.clone()).unwrap_or_else(|| "-".into()),
+            r.revision
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.chart
+                .as_ref()
+                .map(|c| c.name.clone())
+                .unwrap_or_else(|| "-".into()),
+            r.chart
+                .as_ref()
+                .map(|c| c.version.clone())
+                .unwrap_or_else(|| "-".into()),
             r.cluster.clone(),
             r.state.to_string(),
         ];
@@ -331,7 +420,10 @@ fn collect_values(args: &ApplyArgs) -> anyhow::Result<serde_json::Value> {
 /// Prints the per-cluster result and returns the exit code.
 fn finish(status: &RequestStatus) -> i32 {
     if status.clusters.is_empty() {
-        println!("no cluster matches selector {:?}: nothing to do", status.selector);
+        println!(
+            "no cluster matches selector {:?}: nothing to do",
+            status.selector
+        );
         return 0;
     }
     let mut t = Table::new(vec!["CLUSTER", "STATUS", "REVISION", "REASON"]);
@@ -339,7 +431,10 @@ fn finish(status: &RequestStatus) -> i32 {
         t.rows.push(vec![
             cluster.clone(),
             progress.state.to_string(),
-            progress.revision.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            progress
+                .revision
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "-".into()),
             progress.reason.clone().unwrap_or_default(),
         ]);
     }
@@ -356,7 +451,11 @@ fn finish(status: &RequestStatus) -> i32 {
         eprintln!(
             "error: {} failed on {}",
             status.release,
-            failed.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+            failed
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         EXIT_FAILED
     }
@@ -365,7 +464,9 @@ fn finish(status: &RequestStatus) -> i32 {
 /// Prints request events and release status as they happen.
 async fn watch(client: &async_nats::Client, heartbeats: bool) -> anyhow::Result<()> {
     let mut events = client.subscribe("optikon.event.>").await?;
-    let mut status = client.subscribe(format!("{}.>", subject::STATUS_PREFIX)).await?;
+    let mut status = client
+        .subscribe(format!("{}.>", subject::STATUS_PREFIX))
+        .await?;
     eprintln!("watching (Ctrl-C to stop)");
     loop {
         tokio::select! {
@@ -381,11 +482,10 @@ async fn watch(client: &async_nats::Client, heartbeats: bool) -> anyhow::Result<
             }
             Some(message) = status.next() => {
                 if message.subject.ends_with(".heartbeat") {
-                    if heartbeats {
-                        if let Ok(h) = serde_json::from_slice::<Heartbeat>(&message.payload) {
+                    if heartbeats
+                        && let Ok(h) = serde_json::from_slice::<Heartbeat>(&message.payload) {
                             println!("{} heartbeat {} api_ready={} pods={}", h.at, h.cluster, h.api_ready, h.pods_total);
                         }
-                    }
                 } else if let Ok(s) = serde_json::from_slice::<ReleaseStatus>(&message.payload) {
                     println!(
                         "{} {} {}/{} {} {}{}",

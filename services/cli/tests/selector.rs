@@ -26,16 +26,37 @@ fn parse_prints_the_canonical_form() {
 fn parse_errors_exit_2_and_say_where() {
     let (code, _, err) = optikon(&["selector", "parse", "tier in (edge"]);
     assert_eq!(code, 2);
-    assert!(err.contains("tier in (edge") && err.contains("position"), "{err}");
+    assert!(
+        err.contains("tier in (edge") && err.contains("position"),
+        "{err}"
+    );
 }
 
 #[test]
 fn match_and_no_match() {
-    let (code, out, _) = optikon(&["selector", "match", "Region=Europe", "--labels", "Region=Europe,ID=123"]);
+    let (code, out, _) = optikon(&[
+        "selector",
+        "match",
+        "Region=Europe",
+        "--labels",
+        "Region=Europe,ID=123",
+    ]);
     assert_eq!((code, out.as_str()), (0, "match"));
-    let (code, out, _) = optikon(&["selector", "match", "Region=Asia", "--labels", "Region=Europe"]);
+    let (code, out, _) = optikon(&[
+        "selector",
+        "match",
+        "Region=Asia",
+        "--labels",
+        "Region=Europe",
+    ]);
     assert_eq!((code, out.as_str()), (1, "no match"));
-    let (code, out, _) = optikon(&["selector", "match", "!canary,tier in (edge,store)", "--labels", "tier=edge"]);
+    let (code, out, _) = optikon(&[
+        "selector",
+        "match",
+        "!canary,tier in (edge,store)",
+        "--labels",
+        "tier=edge",
+    ]);
     assert_eq!((code, out.as_str()), (0, "match"));
     let (code, _, err) = optikon(&["selector", "match", "a=b", "--labels", "bad key=1"]);
     assert_eq!(code, 2, "{err}");

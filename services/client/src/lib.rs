@@ -51,7 +51,9 @@ impl LabelChange {
             return Ok(LabelChange::Remove(key.to_owned()));
         }
         let (key, value) = change.split_once('=').ok_or_else(|| {
-            ClientError::BadInput(format!("{change:?}: write key=value to set or key- to remove"))
+            ClientError::BadInput(format!(
+                "{change:?}: write key=value to set or key- to remove"
+            ))
         })?;
         names::validate_label_key(key).map_err(bad)?;
         names::validate_label_value(value).map_err(bad)?;
@@ -84,7 +86,10 @@ impl Client {
     }
 
     /// Every live value of a bucket.
-    async fn read_all<T: serde::de::DeserializeOwned>(&self, bucket: &str) -> Result<Vec<T>, ClientError> {
+    async fn read_all<T: serde::de::DeserializeOwned>(
+        &self,
+        bucket: &str,
+    ) -> Result<Vec<T>, ClientError> {
         let store = self.bucket(bucket).await?;
         let keys: Vec<String> = store
             .keys()
@@ -103,10 +108,20 @@ impl Client {
     }
 
     /// Uploads an archive to `chart-uploads` and asks chart-ingest to take it.
-    pub async fn push_chart(&self, bytes: &[u8], force: bool) -> Result<ChartIndexEntry, ClientError> {
-        let uploads = self.js.get_object_store(subject::UPLOADS_BUCKET).await.map_err(|e| {
-            ClientError::Nats(format!("object store chart-uploads not found ({e}): is chart-ingest running?"))
-        })?;
+    pub async fn push_chart(
+        &self,
+        bytes: &[u8],
+        force: bool,
+    ) -> Result<ChartIndexEntry, ClientError> {
+        let uploads = self
+            .js
+            .get_object_store(subject::UPLOADS_BUCKET)
+            .await
+            .map_err(|e| {
+                ClientError::Nats(format!(
+                    "object store chart-uploads not found ({e}): is chart-ingest running?"
+                ))
+            })?;
         let name = format!("upload-{}", uuid::Uuid::new_v4());
         uploads
             .put(name.as_str(), &mut &bytes[..])
@@ -121,7 +136,9 @@ impl Client {
             .nats
             .request_with_headers(subject::CHART_PUSH, headers, bytes::Bytes::new())
             .await
-            .map_err(|e| ClientError::Nats(format!("chart-ingest did not answer ({e}): is it running?")))?;
+            .map_err(|e| {
+                ClientError::Nats(format!("chart-ingest did not answer ({e}): is it running?"))
+            })?;
         decode::<Reply<ChartIndexEntry>>("chart push reply", &reply.payload)
             .map_err(ClientError::Refused)?
             .into_result()
@@ -144,9 +161,7 @@ impl Client {
             .max()
             .map(|v| v.to_string())
             .ok_or_else(|| {
-                ClientError::NotFound(format!(
-                    "no chart named {name:?} is stored; push it first"
-                ))
+                ClientError::NotFound(format!("no chart named {name:?} is stored; push it first"))
             })
     }
 
@@ -157,7 +172,12 @@ impl Client {
     }
 
     pub async fn clusters_by_name(&self) -> Result<BTreeMap<String, ClusterRecord>, ClientError> {
-        Ok(self.clusters().await?.into_iter().map(|c| (c.name.clone(), c)).collect())
+        Ok(self
+            .clusters()
+            .await?
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect())
     }
 
     /// Every release on every cluster as last reported (uninstalled ones included).
@@ -171,14 +191,24 @@ impl Client {
 
     pub async fn request_status(&self, id: &str) -> Result<Option<RequestStatus>, ClientError> {
         let store = self.bucket(subject::REQUESTS_BUCKET).await?;
-        match store.get(subject::token(id)).await.map_err(|e| nats("read request")(&e))? {
-            Some(bytes) => Ok(Some(decode("request status", &bytes).map_err(ClientError::Refused)?)),
+        match store
+            .get(subject::token(id))
+            .await
+            .map_err(|e| nats("read request")(&e))?
+        {
+            Some(bytes) => Ok(Some(
+                decode("request status", &bytes).map_err(ClientError::Refused)?,
+            )),
             None => Ok(None),
         }
     }
 
     /// Applies label changes to a cluster (optimistic concurrency, retried on conflict).
-    pub async fn label_cluster(&self, name: &str, changes: &[LabelChange]) -> Result<ClusterRecord, ClientError> {
+    pub async fn label_cluster(
+        &self,
+        name: &str,
+        changes: &[LabelChange],
+    ) -> Result<ClusterRecord, ClientError> {
         let store = self.bucket(subject::CLUSTERS_BUCKET).await?;
         let key = subject::token(name);
         for _ in 0..10 {
@@ -188,7 +218,8 @@ impl Client {
                 .map_err(|e| nats("read cluster")(&e))?
                 .filter(|e| e.operation == kv::Operation::Put)
                 .ok_or_else(|| ClientError::NotFound(format!("no cluster named {name:?}")))?;
-            let mut record: ClusterRecord = decode("cluster record", &entry.value).map_err(ClientError::Refused)?;
+            let mut record: ClusterRecord =
+                decode("cluster record", &entry.value).map_err(ClientError::Refused)?;
             for change in changes {
                 match change {
                     LabelChange::Set(k, v) => {
@@ -200,11 +231,17 @@ impl Client {
                 }
             }
             let body = serde_json::to_vec(&record).expect("record serializes");
-            if store.update(&key, body.into(), entry.revision).await.is_ok() {
+            if store
+                .update(&key, body.into(), entry.revision)
+                .await
+                .is_ok()
+            {
                 return Ok(record);
             }
         }
-        Err(ClientError::Nats(format!("cluster {name} kept changing; try again")))
+        Err(ClientError::Nats(format!(
+            "cluster {name} kept changing; try again"
+        )))
     }
 
     /// A new request with a fresh id.

@@ -8,7 +8,7 @@ pub mod manifest;
 pub mod message;
 pub mod names;
 pub mod release_record;
+pub mod schema;
 pub mod selector;
 pub mod subject;
-pub mod schema;
 pub mod values;

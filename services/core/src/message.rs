@@ -425,7 +425,11 @@ pub struct RequestStatus {
 impl RequestStatus {
     /// Counts of (finished, failed, total) clusters.
     pub fn tally(&self) -> (usize, usize, usize) {
-        let done = self.clusters.values().filter(|c| c.state.is_final()).count();
+        let done = self
+            .clusters
+            .values()
+            .filter(|c| c.state.is_final())
+            .count();
         let failed = self
             .clusters
             .values()
@@ -592,7 +596,10 @@ mod tests {
     #[test]
     fn timestamps_round_trip_as_rfc3339() {
         let t: Timestamp = serde_json::from_str(r#""2026-11-25T22:48:54Z""#).unwrap();
-        assert_eq!(serde_json::to_string(&t).unwrap(), r#""2026-11-25T22:48:54Z""#);
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#""2026-11-25T22:48:54Z""#
+        );
         assert!(serde_json::from_str::<Timestamp>(r#""yesterday""#).is_err());
     }
 }

@@ -6,8 +6,8 @@
 use schemars::{JsonSchema, Schema, schema_for};
 
 use crate::message::{
-    ChartIndexEntry, ClusterRecord, ClusterRegistration, DesiredRelease, Heartbeat, Reply,
-    ReleaseRequest, ReleaseStatus, RequestStatus,
+    ChartIndexEntry, ClusterRecord, ClusterRegistration, DesiredRelease, Heartbeat, ReleaseRequest,
+    ReleaseStatus, Reply, RequestStatus,
 };
 
 fn named<T: JsonSchema>(file: &'static str) -> (&'static str, Schema) {

@@ -150,6 +150,9 @@ mod tests {
     #[test]
     fn chart_keys_are_valid_kv_keys() {
         let key = chart_key("nginx", "1.2.3+build.4");
-        assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || "-/_=.".contains(c)));
+        assert!(
+            key.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-/_=.".contains(c))
+        );
     }
 }

@@ -87,9 +87,12 @@ fn parse_path(path: &str) -> Result<Vec<Step>, String> {
             let close = rest
                 .find(']')
                 .ok_or_else(|| format!("unclosed '[' in {path:?}"))?;
-            let index = rest[1..close]
-                .parse::<usize>()
-                .map_err(|_| format!("list index {:?} in {path:?} is not a number", &rest[1..close]))?;
+            let index = rest[1..close].parse::<usize>().map_err(|_| {
+                format!(
+                    "list index {:?} in {path:?} is not a number",
+                    &rest[1..close]
+                )
+            })?;
             if index > 65_536 {
                 return Err(format!("list index {index} in {path:?} is too large"));
             }
@@ -187,7 +190,12 @@ mod tests {
     #[test]
     fn set_builds_nested_typed_values() {
         let mut v = json!({});
-        apply_set(&mut v, "replicaCount=3,image.tag=1.27,debug=true,list[1]=b", false).unwrap();
+        apply_set(
+            &mut v,
+            "replicaCount=3,image.tag=1.27,debug=true,list[1]=b",
+            false,
+        )
+        .unwrap();
         assert_eq!(
             v,
             json!({"replicaCount": 3, "image": {"tag": "1.27"}, "debug": true, "list": [null, "b"]})
@@ -215,9 +223,16 @@ mod tests {
 
     #[test]
     fn files_merge_deeply_in_order() {
-        let mut v = parse_file("a.yaml", "image:\n  repo: nginx\n  tag: '1'\nreplicas: 1\n").unwrap();
-        merge(&mut v, parse_file("b.yaml", "image:\n  tag: '2'\n").unwrap());
-        assert_eq!(v, json!({"image": {"repo": "nginx", "tag": "2"}, "replicas": 1}));
+        let mut v =
+            parse_file("a.yaml", "image:\n  repo: nginx\n  tag: '1'\nreplicas: 1\n").unwrap();
+        merge(
+            &mut v,
+            parse_file("b.yaml", "image:\n  tag: '2'\n").unwrap(),
+        );
+        assert_eq!(
+            v,
+            json!({"image": {"repo": "nginx", "tag": "2"}, "replicas": 1})
+        );
         assert!(parse_file("c.yaml", "- a\n- b\n").is_err());
         assert_eq!(parse_file("empty.yaml", "").unwrap(), json!({}));
         let err = parse_file("bad.yaml", "a: [").unwrap_err();

@@ -55,14 +55,20 @@ pub async fn probe(client: &kube::Client, config: &ProberConfig) -> Heartbeat {
         Ok(info) => heartbeat.kubernetes_version = Some(info.git_version),
         Err(e) => errors.push(format!("version: {e}")),
     }
-    match Api::<Node>::all(client.clone()).list(&ListParams::default()).await {
+    match Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
         Ok(nodes) => {
             heartbeat.nodes_total = nodes.items.len() as u32;
             heartbeat.nodes_ready = nodes.items.iter().filter(|n| node_ready(n)).count() as u32;
         }
         Err(e) => errors.push(format!("nodes: {e}")),
     }
-    match Api::<Pod>::all(client.clone()).list(&ListParams::default()).await {
+    match Api::<Pod>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
         Ok(pods) => {
             heartbeat.pods_total = pods.items.len() as u32;
             for pod in &pods.items {
@@ -141,7 +147,10 @@ pub async fn run(
 }
 
 /// Announces the site to the hub (core request over the leaf link; fails while cut off).
-pub async fn register(nats: &async_nats::Client, config: &ProberConfig) -> Result<ClusterRecord, String> {
+pub async fn register(
+    nats: &async_nats::Client,
+    config: &ProberConfig,
+) -> Result<ClusterRecord, String> {
     let registration = ClusterRegistration {
         api_version: ApiVersion,
         name: config.cluster.clone(),

@@ -5,7 +5,11 @@ use clap::{Args, ValueEnum};
 #[derive(Debug, Clone, Args)]
 pub struct NatsArgs {
     /// NATS server to connect to (with credentials as `nats://user:password@host:port`).
-    #[arg(long, env = "OPTIKON_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "OPTIKON_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
 }
 

@@ -24,7 +24,10 @@ pub enum ConnectError {
 }
 
 /// Connects to NATS, retrying the first connection so services can start before the server.
-pub async fn connect(args: &args::NatsArgs, name: &str) -> Result<async_nats::Client, ConnectError> {
+pub async fn connect(
+    args: &args::NatsArgs,
+    name: &str,
+) -> Result<async_nats::Client, ConnectError> {
     connect_url(&args.nats_url, name).await
 }
 
@@ -51,14 +54,13 @@ pub async fn connect_url(url: &str, name: &str) -> Result<async_nats::Client, Co
 
 /// Splits `scheme://user:password@rest` into `scheme://rest` and the credentials.
 fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
-    if let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@')) {
-        if at > scheme {
+    if let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@'))
+        && at > scheme {
             let userinfo = &url[scheme + 3..at];
             let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
             let address = format!("{}{}", &url[..scheme + 3], &url[at + 1..]);
             return (address, Some((user.to_owned(), password.to_owned())));
         }
-    }
     (url.to_owned(), None)
 }
 
@@ -90,6 +92,9 @@ mod tests {
             super::redact("nats://hub:s3cret@127.0.0.1:4222"),
             "nats://hub:***@127.0.0.1:4222"
         );
-        assert_eq!(super::redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(
+            super::redact("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
     }
 }

@@ -38,7 +38,10 @@ fn stream_err(name: &str, e: impl std::fmt::Display) -> TopologyError {
 }
 
 /// Creates the stream or brings its config up to date.
-async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), TopologyError> {
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<(), TopologyError> {
     let name = config.name.clone();
     js.create_or_update_stream(config)
         .await
@@ -46,7 +49,10 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
     Ok(())
 }
 
-async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, TopologyError> {
+async fn ensure_kv(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, TopologyError> {
     let name = config.bucket.clone();
     if let Ok(store) = js.get_key_value(&name).await {
         return Ok(store);
@@ -222,10 +228,7 @@ pub async fn ensure_edge(js: &jetstream::Context, cluster: &str) -> Result<(), T
 /// Returns whether a source was added (false: it was there already).
 pub async fn add_edge_source(js: &jetstream::Context, domain: &str) -> Result<bool, TopologyError> {
     let name = subject::STATUS_HUB_STREAM;
-    let mut stream = js
-        .get_stream(name)
-        .await
-        .map_err(|e| stream_err(name, e))?;
+    let mut stream = js.get_stream(name).await.map_err(|e| stream_err(name, e))?;
     let info = stream.info().await.map_err(|e| stream_err(name, e))?;
     let mut config = info.config.clone();
     let api = subject::js_api_prefix(domain);

@@ -124,19 +124,21 @@ pub async fn fold_release_status(hub: &Hub, status: ReleaseStatus) -> Result<(),
         let mut written = false;
         for _ in 0..20 {
             let current = read::<ReleaseStatus>(&hub.releases, &key).await?;
-            if let Some((old, _)) = &current {
-                if !newer(&status, old) {
+            if let Some((old, _)) = &current
+                && !newer(&status, old) {
                     written = true;
                     break;
                 }
-            }
             if write_if(&hub.releases, &key, &status, current.map(|(_, r)| r)).await? {
                 written = true;
                 break;
             }
         }
         if !written {
-            return Err(internal("fold release status", "too many concurrent updates"));
+            return Err(internal(
+                "fold release status",
+                "too many concurrent updates",
+            ));
         }
     }
     fold_into_request(hub, &status).await
@@ -166,5 +168,8 @@ async fn fold_into_request(hub: &Hub, status: &ReleaseStatus) -> Result<(), ApiE
             return publish_event(hub, &request).await;
         }
     }
-    Err(internal("fold request progress", "too many concurrent updates"))
+    Err(internal(
+        "fold request progress",
+        "too many concurrent updates",
+    ))
 }

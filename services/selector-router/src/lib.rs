@@ -87,8 +87,17 @@ pub async fn write_if<T: serde::Serialize>(
 ) -> Result<bool, ApiError> {
     let body: Bytes = serde_json::to_vec(value).expect("value serializes").into();
     let result = match revision {
-        Some(revision) => store.update(key, body, revision).await.map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision).err(),
-        None => store.create(key, body).await.map(|_| ()).map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists).err(),
+        Some(revision) => store
+            .update(key, body, revision)
+            .await
+            .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision)
+            .err(),
+        None => store
+            .create(key, body)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists)
+            .err(),
     };
     match result {
         None => Ok(true),

@@ -164,19 +164,21 @@ async fn plan(hub: &Hub, request: &ReleaseRequest) -> Result<Plan, ApiError> {
         .map_err(|e| ApiError::new(ErrorCode::BadNamespace, e.to_string()))?;
     let selector = LabelSelector::parse(&request.selector)
         .map_err(|e| ApiError::new(ErrorCode::BadSelector, e.to_string()))?;
-    if let Some(values) = &request.values {
-        if !values.is_object() {
+    if let Some(values) = &request.values
+        && !values.is_object() {
             return Err(ApiError::new(
                 ErrorCode::BadValues,
                 "values must be a JSON object (a YAML mapping), like the chart's values.yaml",
             ));
         }
-    }
     let chart = match (request.action, &request.chart) {
         (Action::Install | Action::Upgrade, None) => {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
-                format!("{} needs a chart: give {{\"name\", \"version\"}} or {{\"digest\"}}", request.action),
+                format!(
+                    "{} needs a chart: give {{\"name\", \"version\"}} or {{\"digest\"}}",
+                    request.action
+                ),
             ));
         }
         (Action::Install | Action::Upgrade, Some(chart)) => Some(resolve_chart(hub, chart).await?),
@@ -190,7 +192,9 @@ async fn plan(hub: &Hub, request: &ReleaseRequest) -> Result<Plan, ApiError> {
 fn validate_id(id: &str) -> Result<(), ApiError> {
     let ok = !id.is_empty()
         && id.len() <= 128
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
@@ -224,11 +228,10 @@ async fn resolve_chart(hub: &Hub, chart: &ChartRef) -> Result<ChartPin, ApiError
                 .await
                 .map_err(|e| internal("list charts", e))?;
             for key in keys {
-                if let Some((entry, _)) = read::<ChartIndexEntry>(&hub.chart_index, &key).await? {
-                    if &entry.digest == digest {
+                if let Some((entry, _)) = read::<ChartIndexEntry>(&hub.chart_index, &key).await?
+                    && &entry.digest == digest {
                         return Ok(entry.pin());
                     }
-                }
             }
             Err(ApiError::new(
                 ErrorCode::ChartNotFound,
@@ -253,11 +256,10 @@ pub async fn matching_clusters(
         .map_err(|e| internal("list clusters", e))?;
     let mut matching = Vec::new();
     for key in keys {
-        if let Some((record, _)) = read::<ClusterRecord>(&hub.clusters, &key).await? {
-            if selector.matches(&record.labels) {
+        if let Some((record, _)) = read::<ClusterRecord>(&hub.clusters, &key).await?
+            && selector.matches(&record.labels) {
                 matching.push(record);
             }
-        }
     }
     matching.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(matching)
@@ -273,11 +275,10 @@ async fn set_desired(
     let key = subject::release_key(&cluster.name, &request.namespace, &request.release);
     for _ in 0..20 {
         let current = read::<DesiredRelease>(&hub.desired, &key).await?;
-        if let Some((existing, _)) = &current {
-            if existing.request_id == request.id {
+        if let Some((existing, _)) = &current
+            && existing.request_id == request.id {
                 return Ok(existing.clone());
             }
-        }
         let desired = DesiredRelease {
             api_version: ApiVersion,
             cluster: cluster.name.clone(),
@@ -321,7 +322,10 @@ async fn merge_status(hub: &Hub, mut status: RequestStatus) -> Result<RequestSta
             return Ok(status);
         }
     }
-    Err(internal("record request status", "too many concurrent updates"))
+    Err(internal(
+        "record request status",
+        "too many concurrent updates",
+    ))
 }
 
 /// Records a refused request unless its id already has a status (a refused duplicate must
@@ -340,7 +344,11 @@ async fn record_once(hub: &Hub, status: &RequestStatus) -> Result<(), ApiError> 
 pub async fn publish_event(hub: &Hub, status: &RequestStatus) -> Result<(), ApiError> {
     let body = serde_json::to_vec(status).expect("status serializes");
     hub.js
-        .publish_with_headers(subject::request_event(&status.id), trace::headers(None), body.into())
+        .publish_with_headers(
+            subject::request_event(&status.id),
+            trace::headers(None),
+            body.into(),
+        )
         .await
         .map_err(|e| internal("publish event", e))?
         .await
@@ -352,7 +360,11 @@ pub async fn publish_event(hub: &Hub, status: &RequestStatus) -> Result<(), ApiE
 fn rejected_unreadable(id: &str, body: &[u8], error: ApiError) -> RequestStatus {
     let loose: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let text = |field: &str| loose[field].as_str().unwrap_or_default().to_owned();
-    let id = if validate_id(&text("id")).is_ok() { text("id") } else { id.to_owned() };
+    let id = if validate_id(&text("id")).is_ok() {
+        text("id")
+    } else {
+        id.to_owned()
+    };
     RequestStatus {
         api_version: ApiVersion,
         id,
@@ -387,7 +399,11 @@ mod tests {
         assert_eq!(status.id, "r-1");
         assert_eq!(status.action, Some(Action::Install));
         assert_eq!(status.release, "web");
-        let status = rejected_unreadable("seq-9", b"not json", ApiError::new(ErrorCode::MalformedMessage, "x"));
+        let status = rejected_unreadable(
+            "seq-9",
+            b"not json",
+            ApiError::new(ErrorCode::MalformedMessage, "x"),
+        );
         assert_eq!(status.id, "seq-9");
         assert!(status.is_complete());
     }

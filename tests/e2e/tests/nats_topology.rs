@@ -80,24 +80,37 @@ async fn commands_reach_only_their_edge_and_status_comes_back() -> anyhow::Resul
 
     let edge1 = &sites.edges[c1].1;
     let edge2 = &sites.edges[c2].1;
-    eventually("command in copenhagen-1's CMD_LOCAL", Duration::from_secs(20), || async {
-        let got = stream_payloads(edge1, subject::CMD_LOCAL_STREAM).await?;
-        Ok((got == ["cmd-for-1"]).then_some(()))
-    })
+    eventually(
+        "command in copenhagen-1's CMD_LOCAL",
+        Duration::from_secs(20),
+        || async {
+            let got = stream_payloads(edge1, subject::CMD_LOCAL_STREAM).await?;
+            Ok((got == ["cmd-for-1"]).then_some(()))
+        },
+    )
     .await?;
     assert!(
-        stream_payloads(edge2, subject::CMD_LOCAL_STREAM).await?.is_empty(),
+        stream_payloads(edge2, subject::CMD_LOCAL_STREAM)
+            .await?
+            .is_empty(),
         "copenhagen-2 must not receive copenhagen-1's commands"
     );
 
     edge1
-        .publish(subject::release_status(c1, "default", "web"), "status-from-1".into())
+        .publish(
+            subject::release_status(c1, "default", "web"),
+            "status-from-1".into(),
+        )
         .await?
         .await?;
-    eventually("status in the hub's STATUS_HUB", Duration::from_secs(20), || async {
-        let got = stream_payloads(&sites.hub_js, subject::STATUS_HUB_STREAM).await?;
-        Ok((got == ["status-from-1"]).then_some(()))
-    })
+    eventually(
+        "status in the hub's STATUS_HUB",
+        Duration::from_secs(20),
+        || async {
+            let got = stream_payloads(&sites.hub_js, subject::STATUS_HUB_STREAM).await?;
+            Ok((got == ["status-from-1"]).then_some(()))
+        },
+    )
     .await?;
     Ok(())
 }
@@ -125,24 +138,44 @@ async fn an_edge_cannot_see_or_speak_for_another_edge() -> anyhow::Result<()> {
         .hub
         .publish(subject::command(c1, "default", "web"), "hello".into())
         .await?;
-    edge2.publish(subject::release_status(c1, "default", "web"), "forged".into()).await?;
-    edge1.publish(subject::release_status(c1, "default", "web"), "genuine".into()).await?;
+    edge2
+        .publish(
+            subject::release_status(c1, "default", "web"),
+            "forged".into(),
+        )
+        .await?;
+    edge1
+        .publish(
+            subject::release_status(c1, "default", "web"),
+            "genuine".into(),
+        )
+        .await?;
     sites.hub.flush().await?;
     edge1.flush().await?;
     edge2.flush().await?;
 
     use futures::StreamExt;
     let got = tokio::time::timeout(Duration::from_secs(5), own.next()).await?;
-    assert_eq!(got.context("own subscription ended")?.payload.as_ref(), b"hello");
+    assert_eq!(
+        got.context("own subscription ended")?.payload.as_ref(),
+        b"hello"
+    );
     let status = tokio::time::timeout(Duration::from_secs(5), hub_status.next()).await?;
-    assert_eq!(status.context("hub subscription ended")?.payload.as_ref(), b"genuine");
+    assert_eq!(
+        status.context("hub subscription ended")?.payload.as_ref(),
+        b"genuine"
+    );
 
     assert!(
-        tokio::time::timeout(Duration::from_secs(1), foreign.next()).await.is_err(),
+        tokio::time::timeout(Duration::from_secs(1), foreign.next())
+            .await
+            .is_err(),
         "copenhagen-2 received copenhagen-1's command"
     );
     assert!(
-        tokio::time::timeout(Duration::from_secs(1), hub_status.next()).await.is_err(),
+        tokio::time::timeout(Duration::from_secs(1), hub_status.next())
+            .await
+            .is_err(),
         "the hub accepted status for copenhagen-1 sent by copenhagen-2"
     );
     Ok(())
@@ -174,38 +207,60 @@ async fn a_cut_link_loses_and_duplicates_nothing() -> anyhow::Result<()> {
                 .publish_with_headers(subject, headers, format!("cmd-{i}").into())
                 .await?
                 .await?;
-            assert!(again.duplicate, "the hub must recognise the repeated message id");
+            assert!(
+                again.duplicate,
+                "the hub must recognise the repeated message id"
+            );
         }
         edge_js
-            .publish(subject::release_status(site, "default", "web"), format!("status-{i}").into())
+            .publish(
+                subject::release_status(site, "default", "web"),
+                format!("status-{i}").into(),
+            )
             .await?
             .await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        stream_payloads(&edge_js, subject::CMD_LOCAL_STREAM).await?.is_empty(),
+        stream_payloads(&edge_js, subject::CMD_LOCAL_STREAM)
+            .await?
+            .is_empty(),
         "nothing can cross a cut link"
     );
 
     testbed.restore_link(site)?;
 
     let expected_cmds: Vec<String> = (0..N).map(|i| format!("cmd-{i}")).collect();
-    eventually("all commands at the edge, once each, in order", Duration::from_secs(60), || async {
-        let got = stream_payloads(&edge_js, subject::CMD_LOCAL_STREAM).await?;
-        if got.len() > N {
-            anyhow::bail!("duplicates at the edge: {} messages for {N} commands", got.len());
-        }
-        Ok((got == expected_cmds).then_some(()))
-    })
+    eventually(
+        "all commands at the edge, once each, in order",
+        Duration::from_secs(60),
+        || async {
+            let got = stream_payloads(&edge_js, subject::CMD_LOCAL_STREAM).await?;
+            if got.len() > N {
+                anyhow::bail!(
+                    "duplicates at the edge: {} messages for {N} commands",
+                    got.len()
+                );
+            }
+            Ok((got == expected_cmds).then_some(()))
+        },
+    )
     .await?;
     let expected_status: Vec<String> = (0..N).map(|i| format!("status-{i}")).collect();
-    eventually("all status at the hub, once each, in order", Duration::from_secs(60), || async {
-        let got = stream_payloads(&sites.hub_js, subject::STATUS_HUB_STREAM).await?;
-        if got.len() > N {
-            anyhow::bail!("duplicates at the hub: {} messages for {N} reports", got.len());
-        }
-        Ok((got == expected_status).then_some(()))
-    })
+    eventually(
+        "all status at the hub, once each, in order",
+        Duration::from_secs(60),
+        || async {
+            let got = stream_payloads(&sites.hub_js, subject::STATUS_HUB_STREAM).await?;
+            if got.len() > N {
+                anyhow::bail!(
+                    "duplicates at the hub: {} messages for {N} reports",
+                    got.len()
+                );
+            }
+            Ok((got == expected_status).then_some(()))
+        },
+    )
     .await?;
     Ok(())
 }

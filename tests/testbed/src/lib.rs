@@ -220,7 +220,14 @@ impl Testbed {
             &hub_password,
             &credentials,
         )?;
-        let hub = NatsServer::start(&nats_server, "hub", &dir, &hub_config, hub_port, hub_monitor)?;
+        let hub = NatsServer::start(
+            &nats_server,
+            "hub",
+            &dir,
+            &hub_config,
+            hub_port,
+            hub_monitor,
+        )?;
 
         let mut edges = Vec::new();
         for (site, creds) in config.sites.iter().zip(&credentials) {
@@ -311,7 +318,10 @@ impl Testbed {
     }
 
     pub fn hub_url(&self) -> String {
-        format!("nats://hub:{}@127.0.0.1:{}", self.hub_password, self.hub.port)
+        format!(
+            "nats://hub:{}@127.0.0.1:{}",
+            self.hub_password, self.hub.port
+        )
     }
 
     pub fn edge(&self, name: &str) -> Result<&EdgeSite, Error> {
@@ -454,8 +464,8 @@ fn proxy_runtime() -> Result<(tokio::runtime::Handle, tokio::sync::oneshot::Send
 
 /// A free TCP port on loopback (the OS picks; the listener is closed before use).
 pub fn free_port() -> Result<u16, Error> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::io("find a free port", e))?;
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("find a free port", e))?;
     listener
         .local_addr()
         .map(|a| a.port())

@@ -65,8 +65,8 @@ impl LinkProxy {
         let target = self.target;
         let tasks = self.tasks.clone();
         let _guard = self.runtime.enter();
-        let listener = TcpListener::from_std(std_listener)
-            .map_err(|e| Error::io("register listener", e))?;
+        let listener =
+            TcpListener::from_std(std_listener).map_err(|e| Error::io("register listener", e))?;
         let accept = self.runtime.spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {

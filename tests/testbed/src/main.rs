@@ -16,7 +16,12 @@ use optikon_testbed::{Site, Testbed, TestbedConfig};
 #[command(about = "Real NATS hub, edge leaf nodes and Kubernetes clusters on loopback")]
 struct Cli {
     /// Directory for configs, stores, logs and the control socket.
-    #[arg(long, env = "OPTIKON_TESTBED_DIR", default_value = ".run/testbed", global = true)]
+    #[arg(
+        long,
+        env = "OPTIKON_TESTBED_DIR",
+        default_value = ".run/testbed",
+        global = true
+    )]
     dir: PathBuf,
     #[command(subcommand)]
     command: Cmd,
@@ -66,14 +71,21 @@ fn up(dir: &Path, sites: Vec<String>, clusters: bool, services: bool) -> anyhow:
             .context("bad --site")?
     };
     if dir.join("control.sock").exists() && UnixStream::connect(dir.join("control.sock")).is_ok() {
-        bail!("a test bed already runs in {}; stop it first", dir.display());
+        bail!(
+            "a test bed already runs in {}; stop it first",
+            dir.display()
+        );
     }
     let _ = std::fs::remove_dir_all(dir);
     let dir = std::path::absolute(dir)?;
     println!(
         "starting hub + {} edge site(s){} in {} ...",
         sites.len(),
-        if clusters { " with Kubernetes clusters" } else { "" },
+        if clusters {
+            " with Kubernetes clusters"
+        } else {
+            ""
+        },
         dir.display()
     );
     let testbed = Testbed::start(TestbedConfig {
@@ -116,7 +128,11 @@ fn print_info(testbed: &Testbed) {
     let info = testbed.info();
     println!("hub       {}  (monitor {})", info.hub.url, info.hub.monitor);
     for edge in &info.edges {
-        let labels: Vec<String> = edge.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let labels: Vec<String> = edge
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         println!("edge      {}  [{}]", edge.name, labels.join(","));
         println!("  nats        {}", edge.nats.url);
         if let Some(kubeconfig) = &edge.kubeconfig {
@@ -124,7 +140,11 @@ fn print_info(testbed: &Testbed) {
         }
     }
     for service in &testbed.services {
-        println!("service   {}  (log {})", service.spec.name, service.log().display());
+        println!(
+            "service   {}  (log {})",
+            service.spec.name,
+            service.log().display()
+        );
     }
     println!("details   {}", info.dir.join("testbed.json").display());
     let cli = optikon_testbed::services::service_bin_dir()

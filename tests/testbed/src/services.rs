@@ -36,8 +36,14 @@ impl ServiceSpec {
             let env = vec![
                 ("OPTIKON_NATS_URL".to_owned(), edge.nats_url()),
                 ("OPTIKON_CLUSTER".to_owned(), edge.site.name.clone()),
-                ("KUBECONFIG".to_owned(), cluster.kubeconfig.display().to_string()),
-                ("OPTIKON_HELM".to_owned(), testbed.tools().get("helm")?.display().to_string()),
+                (
+                    "KUBECONFIG".to_owned(),
+                    cluster.kubeconfig.display().to_string(),
+                ),
+                (
+                    "OPTIKON_HELM".to_owned(),
+                    testbed.tools().get("helm")?.display().to_string(),
+                ),
             ];
             let labels = edge
                 .site
@@ -86,7 +92,10 @@ impl ServiceProcess {
         for (k, v) in &spec.env {
             command.env(k, v);
         }
-        command.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        command.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         let log = dir.join(format!("{}.log", spec.name.replace('@', "-")));
         let process = ChildProcess::spawn(&spec.name, command, &log)?;
         Ok(ServiceProcess {
