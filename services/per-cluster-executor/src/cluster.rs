@@ -1,0 +1,1189 @@
+//! The Kubernetes side of the executor: carries out one desired generation of a release the
+//! way Helm 3 would, and keeps Helm's release records so `helm list`/`history`/`get` agree.
+//!
+//! Install and upgrade render with the real `helm template` (the cluster's version and API
+//! list), server-side apply in Helm's install order, prune what the previous revision had and
+//! this one lacks, wait for readiness, then record the revision. Rollback re-applies a stored
+//! revision's manifest, as `helm rollback` does. Uninstall deletes and keeps the history, as
+//! `helm uninstall --keep-history` does. Hooks are recorded, never run.
+//!
+//! Errors are only for trouble worth a retry (API server unreachable, 5xx, a writer racing
+//! for the same revision). Anything that would fail the same way again is an [`Outcome`] with
+//! state `failed` and a reason.
+
+mod catalog;
+mod history;
+mod objects;
+mod readiness;
+mod render;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams, PropagationPolicy};
+use optikon_core::chart;
+use optikon_core::manifest::{self, ManifestObject, ObjectKey};
+use optikon_core::message::{Action, ChartSummary, DesiredRelease, ReleaseState, Timestamp};
+use optikon_core::release_record::{HelmChart, HelmRelease, Hook, Info, SecretWrite, Status};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use self::catalog::ApiCatalog;
+use self::history::{History, StoredRecord};
+use self::objects::Placed;
+use self::render::RenderRequest;
+
+pub use self::history::{GENERATION_LABEL, HISTORY_MAX, REQUEST_ID_ANNOTATION};
+
+/// Field manager of Optikon's server-side applies.
+pub const FIELD_MANAGER: &str = "optikon";
+/// How long a release may take to become ready (or its objects to go) before it fails.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(120);
+
+/// One Kubernetes cluster, reached with a kube client, plus the helm binary that renders for it.
+pub struct ClusterTarget {
+    client: kube::Client,
+    helm: PathBuf,
+    kube_version: String,
+    /// Refreshed before each render, and after CRDs are created.
+    catalog: RwLock<Arc<ApiCatalog>>,
+    wait: Duration,
+}
+
+/// The newest Helm record of a release.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRelease {
+    pub revision: u32,
+    /// The Optikon generation it carried out; `None` for a revision made by hand with helm.
+    pub generation: Option<u64>,
+    /// Helm's status: `deployed`, `failed`, `superseded`, `uninstalled`, `uninstalling`, …
+    pub status: String,
+    pub chart: ChartSummary,
+    pub first_deployed: Option<Timestamp>,
+}
+
+/// What became of one desired generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub state: ReleaseState,
+    pub revision: Option<u32>,
+    pub chart: Option<ChartSummary>,
+    pub reason: Option<String>,
+    pub first_deployed: Option<Timestamp>,
+}
+
+impl Outcome {
+    fn failed(reason: impl Into<String>) -> Self {
+        Outcome {
+            state: ReleaseState::Failed,
+            revision: None,
+            chart: None,
+            reason: Some(reason.into()),
+            first_deployed: None,
+        }
+    }
+
+    fn with_chart(mut self, chart: &ChartSummary) -> Self {
+        self.chart = Some(chart.clone());
+        self
+    }
+}
+
+/// Trouble worth retrying later; everything else is reported as a failed [`Outcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("no usable Kubernetes configuration (set KUBECONFIG, or run in a pod): {0}")]
+    Config(#[source] kube::Error),
+    #[error("Kubernetes API call failed while trying to {doing}: {source}")]
+    Api {
+        doing: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "revision {revision} of release {release} in namespace {namespace} was recorded by \
+         another writer first; retry to see its result"
+    )]
+    Conflict {
+        namespace: String,
+        release: String,
+        revision: u32,
+    },
+    #[error(
+        "cannot run helm at {path}: {source}; install it (scripts/install-tools) or point --helm at it"
+    )]
+    Helm {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("release record {secret} could not be encoded: {source}")]
+    Record {
+        secret: String,
+        #[source]
+        source: optikon_core::release_record::ReleaseRecordError,
+    },
+    #[error("{doing}: {source}")]
+    Io {
+        doing: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ClusterError {
+    fn api(doing: impl Into<String>) -> impl FnOnce(kube::Error) -> ClusterError {
+        let doing = doing.into();
+        move |source| ClusterError::Api { doing, source }
+    }
+
+    fn io(doing: impl Into<String>, source: std::io::Error) -> Self {
+        ClusterError::Io {
+            doing: doing.into(),
+            source,
+        }
+    }
+}
+
+/// Why a step stopped: a failure to report, or trouble to retry.
+#[derive(Debug)]
+enum Halt {
+    Failed(String),
+    Error(ClusterError),
+}
+
+impl From<ClusterError> for Halt {
+    fn from(error: ClusterError) -> Self {
+        Halt::Error(error)
+    }
+}
+
+/// What kind of revision is being made; decides Helm's descriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Install,
+    Upgrade,
+    Rollback(u32),
+}
+
+impl Verb {
+    fn done(self) -> String {
+        match self {
+            Verb::Install => "Install complete".to_owned(),
+            Verb::Upgrade => "Upgrade complete".to_owned(),
+            Verb::Rollback(to) => format!("Rollback to {to}"),
+        }
+    }
+
+    fn failed(self, release: &str, reason: &str) -> String {
+        match self {
+            Verb::Install => format!("Release {release:?} failed: {reason}"),
+            Verb::Upgrade => format!("Upgrade {release:?} failed: {reason}"),
+            Verb::Rollback(_) => format!("Rollback {release:?} failed: {reason}"),
+        }
+    }
+}
+
+/// What the cluster may still hold from earlier revisions.
+#[derive(Debug, Default)]
+struct Previous {
+    /// The newest record, if its objects are live (not uninstalled or being uninstalled).
+    live: Option<HelmRelease>,
+    /// Objects of the newest record and of the last deployed one: a failed revision may have
+    /// applied part of its objects, and those must be pruned too.
+    objects: Vec<ManifestObject>,
+}
+
+/// An object to apply: placed now, or once the CRD defining its kind (earlier in the same
+/// release) is established.
+#[derive(Debug, Clone)]
+enum Pending {
+    Placed(Placed),
+    AfterCrd(ManifestObject),
+}
+
+/// A chart archive unpacked for rendering and recording.
+#[derive(Debug)]
+struct LoadedChart {
+    /// Paths relative to the chart root.
+    files: Vec<(String, Vec<u8>)>,
+    record: HelmChart,
+    summary: ChartSummary,
+}
+
+impl ClusterTarget {
+    /// Connects with the default kube config (`KUBECONFIG`, else in-cluster), reads `/version`
+    /// and the API groups.
+    pub async fn connect(helm: PathBuf) -> Result<Self, ClusterError> {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(ClusterError::Config)?;
+        Self::connect_with(client, helm).await
+    }
+
+    /// Like [`ClusterTarget::connect`], with a client made elsewhere.
+    pub async fn connect_with(client: kube::Client, helm: PathBuf) -> Result<Self, ClusterError> {
+        let version = client
+            .apiserver_version()
+            .await
+            .map_err(ClusterError::api("read the API server version"))?;
+        let catalog = ApiCatalog::discover(&client)
+            .await
+            .map_err(ClusterError::api("discover the served API groups"))?;
+        Ok(ClusterTarget {
+            client,
+            helm,
+            kube_version: version.git_version,
+            catalog: RwLock::new(Arc::new(catalog)),
+            wait: DEFAULT_WAIT,
+        })
+    }
+
+    /// How long to wait for readiness or deletion before failing (default [`DEFAULT_WAIT`]).
+    pub fn with_wait_timeout(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// `gitVersion` of the API server, e.g. `v1.34.4`.
+    pub fn kubernetes_version(&self) -> &str {
+        &self.kube_version
+    }
+
+    /// The newest Helm release record of (namespace, release), if any.
+    pub async fn current(
+        &self,
+        namespace: &str,
+        release: &str,
+    ) -> Result<Option<StoredRelease>, ClusterError> {
+        let history = self.history(namespace, release).await?;
+        Ok(history.newest().map(StoredRecord::summary))
+    }
+
+    /// Carries out one desired generation. `chart_tgz` is the chart archive for install and
+    /// upgrade (`None` for rollback and uninstall, or when the generation is already applied).
+    pub async fn execute(
+        &self,
+        desired: &DesiredRelease,
+        chart_tgz: Option<&[u8]>,
+    ) -> Result<Outcome, ClusterError> {
+        let started = Instant::now();
+        let history = self.history(&desired.namespace, &desired.release).await?;
+        if let Some(outcome) = self.replay(desired, &history).await? {
+            tracing::info!(
+                release = %desired.release,
+                namespace = %desired.namespace,
+                generation = desired.generation,
+                state = %outcome.state,
+                revision = ?outcome.revision,
+                "generation already settled; nothing applied"
+            );
+            return Ok(outcome);
+        }
+        let outcome = match desired.action {
+            Action::Install | Action::Upgrade => self.deploy(desired, chart_tgz, &history).await,
+            Action::Rollback => self.rollback(desired, &history).await,
+            Action::Uninstall => self.uninstall(desired, &history).await,
+        };
+        match &outcome {
+            Ok(outcome) => tracing::info!(
+                release = %desired.release,
+                namespace = %desired.namespace,
+                generation = desired.generation,
+                action = %desired.action,
+                state = %outcome.state,
+                revision = ?outcome.revision,
+                reason = outcome.reason.as_deref().unwrap_or(""),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "generation executed"
+            ),
+            Err(error) => tracing::warn!(
+                release = %desired.release,
+                namespace = %desired.namespace,
+                generation = desired.generation,
+                action = %desired.action,
+                %error,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "generation interrupted; retry later"
+            ),
+        }
+        outcome
+    }
+
+    /// The outcome already recorded for this generation, or `Superseded` if a newer one is.
+    async fn replay(
+        &self,
+        desired: &DesiredRelease,
+        history: &History,
+    ) -> Result<Option<Outcome>, ClusterError> {
+        let Some(newest) = history.newest() else {
+            return Ok(None);
+        };
+        match newest.generation {
+            Some(applied) if applied > desired.generation => Ok(Some(Outcome {
+                state: ReleaseState::Superseded,
+                revision: None,
+                chart: None,
+                reason: Some(format!(
+                    "generation {applied} is already applied (revision {})",
+                    newest.version
+                )),
+                first_deployed: None,
+            })),
+            Some(applied) if applied == desired.generation => {
+                let release = match newest.decode() {
+                    Ok(release) => release,
+                    Err(error) => return Ok(Some(Outcome::failed(unreadable(newest, &error)))),
+                };
+                if !history::is_settled(release.info.status) {
+                    // Interrupted half-way (an uninstall): carry on.
+                    return Ok(None);
+                }
+                if release.info.status == Status::Deployed {
+                    // An earlier attempt may have stopped before superseding the old revision.
+                    self.supersede(history, newest.version).await?;
+                }
+                Ok(Some(history::outcome_of(&release)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn history(&self, namespace: &str, release: &str) -> Result<History, ClusterError> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let list = secrets
+            .list(&ListParams::default().labels(&history::selector(release)))
+            .await
+            .map_err(ClusterError::api(format!(
+                "list the records of release {release} in namespace {namespace}"
+            )))?;
+        Ok(History::new(list.items))
+    }
+
+    /// The catalog as last discovered.
+    fn known_catalog(&self) -> Arc<ApiCatalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    async fn refresh_catalog(&self) -> Result<Arc<ApiCatalog>, ClusterError> {
+        let catalog = Arc::new(
+            ApiCatalog::discover(&self.client)
+                .await
+                .map_err(ClusterError::api("discover the served API groups"))?,
+        );
+        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = catalog.clone();
+        Ok(catalog)
+    }
+
+    /// Install and upgrade: render the chart and make the cluster match it.
+    async fn deploy(
+        &self,
+        desired: &DesiredRelease,
+        chart_tgz: Option<&[u8]>,
+        history: &History,
+    ) -> Result<Outcome, ClusterError> {
+        let (name, namespace) = (&desired.release, &desired.namespace);
+        let previous = match previous(history, namespace) {
+            Ok(previous) => previous,
+            Err(reason) => return Ok(Outcome::failed(reason)),
+        };
+        if desired.action == Action::Upgrade && previous.live.is_none() {
+            return Ok(Outcome::failed(format!(
+                "release {name} has no deployed revision in namespace {namespace}; install it first"
+            )));
+        }
+        let Some(chart_tgz) = chart_tgz else {
+            return Ok(Outcome::failed(format!(
+                "no chart archive was given to {} release {name}",
+                desired.action
+            )));
+        };
+        let chart = match load_chart(chart_tgz) {
+            Ok(chart) => chart,
+            Err(reason) => return Ok(Outcome::failed(reason)),
+        };
+        let values = match &desired.values {
+            Value::Object(values) => values.clone(),
+            Value::Null => Map::new(),
+            other => {
+                return Ok(Outcome::failed(format!(
+                    "values must be a JSON object of keys to values, not {}",
+                    json_kind(other)
+                ))
+                .with_chart(&chart.summary));
+            }
+        };
+
+        let catalog = self.refresh_catalog().await?;
+        let api_versions = catalog.api_versions();
+        let request = RenderRequest {
+            release: name,
+            namespace,
+            kube_version: &self.kube_version,
+            api_versions: &api_versions,
+            is_upgrade: previous.live.is_some(),
+            values: &values,
+        };
+        let rendered = match render::render(&self.helm, &chart.files, &request).await? {
+            Ok(text) => text,
+            Err(reason) => {
+                let reason = format!(
+                    "chart {}-{} did not render: {reason}",
+                    chart.summary.name, chart.summary.version
+                );
+                return Ok(Outcome::failed(reason).with_chart(&chart.summary));
+            }
+        };
+        let rendered = match manifest::parse(&rendered) {
+            Ok(rendered) => rendered,
+            Err(error) => {
+                let reason = format!(
+                    "chart {}-{} rendered invalid output: {error}",
+                    chart.summary.name, chart.summary.version
+                );
+                return Ok(Outcome::failed(reason).with_chart(&chart.summary));
+            }
+        };
+        let mut objects = rendered.objects;
+        manifest::install_order(&mut objects);
+
+        let now = OffsetDateTime::now_utc();
+        let first_deployed = previous
+            .live
+            .as_ref()
+            .and_then(|live| live.info.first_deployed)
+            .unwrap_or(now);
+        let release = HelmRelease {
+            name: name.clone(),
+            namespace: namespace.clone(),
+            version: history.next_version(),
+            info: Info {
+                first_deployed: Some(first_deployed),
+                last_deployed: Some(now),
+                ..Info::default()
+            },
+            chart: chart.record,
+            config: values,
+            manifest: manifest::to_manifest_string(&objects),
+            hooks: rendered.hooks.iter().map(Hook::from).collect(),
+            labels: [(GENERATION_LABEL.to_owned(), desired.generation.to_string())].into(),
+        };
+        let verb = if previous.live.is_some() {
+            Verb::Upgrade
+        } else {
+            Verb::Install
+        };
+        self.carry_out(
+            desired,
+            history,
+            &previous,
+            release,
+            objects,
+            rendered.crds,
+            verb,
+        )
+        .await
+    }
+
+    /// Rollback: re-apply a stored revision's manifest (Helm's `helm rollback` never re-renders,
+    /// and the record lacks subcharts, so re-rendering could not reproduce every release).
+    async fn rollback(
+        &self,
+        desired: &DesiredRelease,
+        history: &History,
+    ) -> Result<Outcome, ClusterError> {
+        let (name, namespace) = (&desired.release, &desired.namespace);
+        let Some(newest) = history.newest() else {
+            return Ok(Outcome::failed(format!(
+                "release {name} is not installed in namespace {namespace}; nothing to roll back"
+            )));
+        };
+        let target_version = desired
+            .rollback_to
+            .filter(|v| *v > 0)
+            .unwrap_or(newest.version.saturating_sub(1));
+        let Some(target) = history.get(target_version) else {
+            return Ok(Outcome::failed(format!(
+                "release {name} in namespace {namespace} has no revision {target_version} to roll \
+                 back to (it has {})",
+                history.versions()
+            )));
+        };
+        let target = match target.decode() {
+            Ok(target) => target,
+            Err(error) => return Ok(Outcome::failed(unreadable(target, &error))),
+        };
+        let previous = match previous(history, namespace) {
+            Ok(previous) => previous,
+            Err(reason) => return Ok(Outcome::failed(reason)),
+        };
+        let mut objects = match manifest::parse(&target.manifest) {
+            Ok(rendered) => rendered.objects,
+            Err(error) => {
+                return Ok(Outcome::failed(format!(
+                    "revision {target_version} of release {name} has a manifest that cannot be \
+                     read: {error}"
+                )));
+            }
+        };
+        manifest::install_order(&mut objects);
+        self.refresh_catalog().await?;
+
+        let now = OffsetDateTime::now_utc();
+        let first_deployed = previous
+            .live
+            .as_ref()
+            .and_then(|live| live.info.first_deployed)
+            .or(target.info.first_deployed)
+            .unwrap_or(now);
+        let release = HelmRelease {
+            version: history.next_version(),
+            info: Info {
+                first_deployed: Some(first_deployed),
+                last_deployed: Some(now),
+                notes: target.info.notes.clone(),
+                ..Info::default()
+            },
+            labels: [(GENERATION_LABEL.to_owned(), desired.generation.to_string())].into(),
+            ..target
+        };
+        self.carry_out(
+            desired,
+            history,
+            &previous,
+            release,
+            objects,
+            Vec::new(),
+            Verb::Rollback(target_version),
+        )
+        .await
+    }
+
+    /// Applies, prunes, waits and records a new revision. Before anything is applied a
+    /// failure leaves no record (as with Helm); after, the revision is recorded `failed`.
+    #[allow(clippy::too_many_arguments)]
+    async fn carry_out(
+        &self,
+        desired: &DesiredRelease,
+        history: &History,
+        previous: &Previous,
+        mut release: HelmRelease,
+        objects: Vec<ManifestObject>,
+        crds: Vec<ManifestObject>,
+        verb: Verb,
+    ) -> Result<Outcome, ClusterError> {
+        let chart = history::chart_summary(&release.chart);
+        if let Err(reason) = history::check_size(&release) {
+            return Ok(Outcome::failed(reason).with_chart(&chart));
+        }
+        let (pending, prune) = match self.prepare(desired, previous, &objects, &crds).await {
+            Ok(plan) => plan,
+            Err(Halt::Failed(reason)) => return Ok(Outcome::failed(reason).with_chart(&chart)),
+            Err(Halt::Error(error)) => return Err(error),
+        };
+        let applied = self.converge(desired, &pending, &prune).await;
+        match applied {
+            Ok(()) => {
+                release.info.status = Status::Deployed;
+                release.info.description = verb.done();
+            }
+            Err(Halt::Failed(reason)) => {
+                release.info.status = Status::Failed;
+                release.info.description = verb.failed(&release.name, &reason);
+            }
+            Err(Halt::Error(error)) => return Err(error),
+        }
+        if let Err(reason) = self.record_new(&release, &desired.request_id).await? {
+            return Ok(Outcome::failed(reason).with_chart(&chart));
+        }
+        if release.info.status == Status::Deployed {
+            self.supersede(history, release.version).await?;
+        }
+        self.trim(history, &release.namespace).await;
+        Ok(history::outcome_of(&release))
+    }
+
+    /// Everything that can fail before the cluster's workloads change: the namespace, CRDs
+    /// from `crds/` (Helm creates those first too), each object's resource, ownership. Returns
+    /// the objects to apply (in order) and those to prune.
+    async fn prepare(
+        &self,
+        desired: &DesiredRelease,
+        previous: &Previous,
+        objects: &[ManifestObject],
+        crds: &[ManifestObject],
+    ) -> Result<(Vec<Pending>, Vec<Placed>), Halt> {
+        let namespace = &desired.namespace;
+        self.ensure_namespace(namespace).await?;
+        let catalog = if crds.is_empty() {
+            self.known_catalog()
+        } else {
+            self.install_crds(crds, namespace).await?
+        };
+
+        // Kinds defined by CRDs among the templates are served once those are applied.
+        let defined: BTreeMap<(String, String), bool> =
+            objects.iter().filter_map(crd_defines).collect();
+        let mut pending = Vec::with_capacity(objects.len());
+        let mut keys = BTreeSet::new();
+        for object in objects {
+            let group_kind = (object.group().to_owned(), object.kind.clone());
+            match objects::place(&catalog, object, namespace) {
+                Some(p) => {
+                    keys.insert(p.key());
+                    pending.push(Pending::Placed(p));
+                }
+                None if defined.contains_key(&group_kind) => {
+                    let key = object.key();
+                    keys.insert(if defined[&group_kind] {
+                        key.in_namespace(namespace)
+                    } else {
+                        key
+                    });
+                    pending.push(Pending::AfterCrd(object.clone()));
+                }
+                None => return Err(Halt::Failed(objects::unserved_reason(&catalog, object))),
+            }
+        }
+
+        let previous_keys: BTreeSet<ObjectKey> = previous
+            .objects
+            .iter()
+            .filter_map(|o| objects::place_for_delete(&catalog, o, namespace))
+            .map(|p| p.key())
+            .collect();
+        for p in &pending {
+            if let Pending::Placed(p) = p
+                && !previous_keys.contains(&p.key())
+            {
+                objects::check_ownership(&self.client, p, &desired.release, namespace).await?;
+            }
+        }
+
+        let mut stale: Vec<ManifestObject> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for object in previous.objects.iter().filter(|o| !o.keeps_on_delete()) {
+            match objects::place_for_delete(&catalog, object, namespace) {
+                Some(p) if !keys.contains(&p.key()) && seen.insert(p.key()) => {
+                    stale.push(object.clone());
+                }
+                Some(_) => {}
+                None => tracing::warn!(
+                    kind = %object.kind,
+                    name = %object.name,
+                    api_version = %object.api_version,
+                    "previous object's kind is no longer served; not pruned"
+                ),
+            }
+        }
+        manifest::uninstall_order(&mut stale);
+        let prune = stale
+            .iter()
+            .filter_map(|o| objects::place_for_delete(&catalog, o, namespace))
+            .collect();
+        Ok((pending, prune))
+    }
+
+    /// Apply in order, prune, wait.
+    async fn converge(
+        &self,
+        desired: &DesiredRelease,
+        pending: &[Pending],
+        prune: &[Placed],
+    ) -> Result<(), Halt> {
+        let (release, namespace) = (&desired.release, &desired.namespace);
+        let owner = Some((release.as_str(), namespace.as_str()));
+        let mut catalog = self.known_catalog();
+        let mut applied = Vec::with_capacity(pending.len());
+        for p in pending {
+            let p = match p {
+                Pending::Placed(p) => p.clone(),
+                Pending::AfterCrd(object) => {
+                    // Its CRD was applied (and established) earlier in this loop.
+                    if objects::place(&catalog, object, namespace).is_none() {
+                        let kind = (object.api_version.clone(), object.kind.clone());
+                        catalog = self.catalog_serving(&[kind]).await?;
+                    }
+                    objects::place(&catalog, object, namespace)
+                        .ok_or_else(|| Halt::Failed(objects::unserved_reason(&catalog, object)))?
+                }
+            };
+            objects::apply(&self.client, &p, owner).await?;
+            if p.object.kind == "CustomResourceDefinition" {
+                objects::wait_ready(&self.client, std::slice::from_ref(&p), self.wait).await?;
+            }
+            applied.push(p);
+        }
+        for p in prune {
+            match objects::delete(&self.client, p, PropagationPolicy::Background).await {
+                Ok(()) => tracing::info!(release = %release, object = %p.describe(), "pruned"),
+                // Helm logs a failed prune and carries on; so do we.
+                Err(Halt::Failed(reason)) => {
+                    tracing::warn!(release = %release, object = %p.describe(), %reason, "could not prune");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        objects::wait_ready(&self.client, &applied, self.wait).await
+    }
+
+    async fn ensure_namespace(&self, namespace: &str) -> Result<(), Halt> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let exists = api
+            .get_metadata_opt(namespace)
+            .await
+            .map_err(|e| objects::halt(e, || format!("look up namespace {namespace}")))?;
+        if exists.is_some() {
+            return Ok(());
+        }
+        let object = Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace.to_owned()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        match api.create(&PostParams::default(), &object).await {
+            Ok(_) => {
+                tracing::info!(namespace, "namespace created");
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(e) => Err(objects::halt(e, || format!("create namespace {namespace}"))),
+        }
+    }
+
+    /// Creates the chart's `crds/` CRDs that do not exist yet (never updates one, like Helm)
+    /// and waits until they are established; returns the refreshed catalog.
+    async fn install_crds(
+        &self,
+        crds: &[ManifestObject],
+        namespace: &str,
+    ) -> Result<Arc<ApiCatalog>, Halt> {
+        let catalog = self.known_catalog();
+        let mut created = Vec::new();
+        for crd in crds {
+            let Some(p) = objects::place(&catalog, crd, namespace) else {
+                return Err(Halt::Failed(objects::unserved_reason(&catalog, crd)));
+            };
+            if objects::exists(&self.client, &p).await? {
+                continue;
+            }
+            // Not part of the release (Helm leaves them out of the manifest, never deletes them).
+            objects::apply(&self.client, &p, None).await?;
+            tracing::info!(crd = %p.object.name, "CRD created");
+            created.push(p);
+        }
+        if created.is_empty() {
+            return Ok(catalog);
+        }
+        objects::wait_ready(&self.client, &created, self.wait).await?;
+        let kinds: Vec<(String, String)> =
+            created.iter().flat_map(|p| crd_kinds(&p.object)).collect();
+        self.catalog_serving(&kinds).await
+    }
+
+    /// Rediscovers until every (`apiVersion`, kind) is served: an established CRD shows up in
+    /// discovery a moment later. Gives up after the wait timeout and returns what it has.
+    async fn catalog_serving(&self, kinds: &[(String, String)]) -> Result<Arc<ApiCatalog>, Halt> {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let catalog = self.refresh_catalog().await?;
+            let missing = kinds.iter().find(|(v, k)| catalog.resolve(v, k).is_none());
+            match missing {
+                None => return Ok(catalog),
+                Some(_) if Instant::now() >= deadline => return Ok(catalog),
+                Some((api_version, kind)) => {
+                    tracing::debug!(%api_version, %kind, "waiting for discovery to serve a new kind");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
+    /// Creates the revision's Secret. `Ok(Err(reason))` if the API server refuses it for good
+    /// (e.g. larger than a Secret may be).
+    async fn record_new(
+        &self,
+        release: &HelmRelease,
+        request_id: &str,
+    ) -> Result<Result<(), String>, ClusterError> {
+        let at = OffsetDateTime::now_utc();
+        let secret = match history::record_secret(release, SecretWrite::Create { at }, request_id) {
+            Ok(secret) => secret,
+            Err(error) => {
+                return Ok(Err(format!(
+                    "the release record cannot be written: {error}"
+                )));
+            }
+        };
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &release.namespace);
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => {
+                tracing::info!(
+                    release = %release.name,
+                    namespace = %release.namespace,
+                    revision = release.version,
+                    status = %release.info.status,
+                    "revision recorded"
+                );
+                Ok(Ok(()))
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => Err(ClusterError::Conflict {
+                namespace: release.namespace.clone(),
+                release: release.name.clone(),
+                revision: release.version,
+            }),
+            Err(e) if objects::is_transient(&e) => Err(ClusterError::Api {
+                doing: format!(
+                    "record revision {} of release {}",
+                    release.version, release.name
+                ),
+                source: e,
+            }),
+            Err(e) => Ok(Err(format!(
+                "the objects were applied but revision {} could not be recorded: {}",
+                release.version,
+                objects::rejection(&e)
+            ))),
+        }
+    }
+
+    /// Replaces a stored record with `release`; returns the record as now stored.
+    async fn update_record(
+        &self,
+        stored: &StoredRecord,
+        release: &HelmRelease,
+        request_id: Option<&str>,
+    ) -> Result<StoredRecord, ClusterError> {
+        let secret = history::updated_secret(stored, release, request_id).map_err(|source| {
+            ClusterError::Record {
+                secret: stored.name(),
+                source,
+            }
+        })?;
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &release.namespace);
+        let written = api
+            .replace(&stored.name(), &PostParams::default(), &secret)
+            .await
+            .map_err(ClusterError::api(format!(
+                "update release record {}",
+                stored.name()
+            )))?;
+        Ok(StoredRecord::from_secret(written).unwrap_or_else(|| stored.clone()))
+    }
+
+    /// Marks every other revision still `deployed` as `superseded`, as Helm does.
+    async fn supersede(&self, history: &History, current: u32) -> Result<(), ClusterError> {
+        for stored in history.deployed_except(current) {
+            let mut release = match stored.decode() {
+                Ok(release) => release,
+                Err(error) => {
+                    tracing::warn!(secret = %stored.name(), %error, "cannot supersede an unreadable record");
+                    continue;
+                }
+            };
+            release.info.status = Status::Superseded;
+            self.update_record(stored, &release, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest revisions beyond [`HISTORY_MAX`]; a failure only delays that.
+    async fn trim(&self, history: &History, namespace: &str) {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        // `history` predates the revision just written, hence one fewer.
+        for stored in history.beyond(HISTORY_MAX.saturating_sub(1)) {
+            if let Err(error) = api.delete(&stored.name(), &Default::default()).await {
+                tracing::warn!(secret = %stored.name(), %error, "could not delete an old revision");
+            }
+        }
+    }
+
+    /// Uninstall, keeping the history: delete the objects, wait until gone, mark the newest
+    /// record `uninstalled` (so `helm list` no longer shows the release).
+    async fn uninstall(
+        &self,
+        desired: &DesiredRelease,
+        history: &History,
+    ) -> Result<Outcome, ClusterError> {
+        let (name, namespace) = (&desired.release, &desired.namespace);
+        let Some(newest) = history.newest() else {
+            return Ok(Outcome {
+                state: ReleaseState::Uninstalled,
+                revision: None,
+                chart: None,
+                reason: Some("not installed".to_owned()),
+                first_deployed: None,
+            });
+        };
+        let mut release = match newest.decode() {
+            Ok(release) => release,
+            Err(error) => return Ok(Outcome::failed(unreadable(newest, &error))),
+        };
+        if release.info.status == Status::Uninstalled {
+            return Ok(Outcome {
+                reason: Some("not installed (already uninstalled)".to_owned()),
+                ..history::outcome_of(&release)
+            });
+        }
+        let previous = match previous(history, namespace) {
+            Ok(previous) => previous,
+            Err(reason) => return Ok(Outcome::failed(reason)),
+        };
+
+        // Helm marks the record first, so an interrupted uninstall is visible (and resumable).
+        let now = OffsetDateTime::now_utc();
+        release.info.status = Status::Uninstalling;
+        release.info.deleted = Some(now);
+        release.info.description = "Deletion in progress (or silently failed)".to_owned();
+        release
+            .labels
+            .insert(GENERATION_LABEL.to_owned(), desired.generation.to_string());
+        let stored = self
+            .update_record(newest, &release, Some(&desired.request_id))
+            .await?;
+
+        let catalog = self.refresh_catalog().await?;
+        let mut doomed: Vec<ManifestObject> = Vec::new();
+        let mut kept = Vec::new();
+        let mut seen = BTreeSet::new();
+        for object in &previous.objects {
+            if object.keeps_on_delete() {
+                kept.push(format!("{} {}", object.kind, object.name));
+            } else if seen.insert(object.key().in_namespace(namespace)) {
+                doomed.push(object.clone());
+            }
+        }
+        manifest::uninstall_order(&mut doomed);
+        let placed: Vec<Placed> = doomed
+            .iter()
+            .filter_map(|o| objects::place_for_delete(&catalog, o, namespace))
+            .collect();
+
+        let deleted = async {
+            for p in &placed {
+                objects::delete(&self.client, p, objects::uninstall_propagation(p)).await?;
+            }
+            objects::wait_gone(&self.client, &placed, self.wait).await
+        };
+        match deleted.await {
+            Ok(()) => {
+                release.info.status = Status::Uninstalled;
+                release.info.description = "Uninstallation complete".to_owned();
+            }
+            Err(Halt::Failed(reason)) => {
+                release.info.description = format!("Uninstallation of {name:?} failed: {reason}");
+            }
+            Err(Halt::Error(error)) => return Err(error),
+        }
+        self.update_record(&stored, &release, Some(&desired.request_id))
+            .await?;
+        let mut outcome = history::outcome_of(&release);
+        if release.info.status == Status::Uninstalling {
+            outcome.state = ReleaseState::Failed;
+            outcome.reason = Some(release.info.description.clone());
+        } else if !kept.is_empty() {
+            outcome.reason = Some(format!(
+                "kept by their resource policy: {}",
+                kept.join(", ")
+            ));
+        }
+        Ok(outcome)
+    }
+}
+
+/// What the cluster may hold from earlier revisions; `Err` if a record cannot be read.
+fn previous(history: &History, namespace: &str) -> Result<Previous, String> {
+    let Some(newest) = history.newest() else {
+        return Ok(Previous::default());
+    };
+    let newest_release = newest.decode().map_err(|e| unreadable(newest, &e))?;
+    if newest_release.info.status == Status::Uninstalled {
+        return Ok(Previous::default());
+    }
+    let mut objects = parse_stored(&newest_release, newest)?;
+    if let Some(deployed) = history
+        .last_deployed()
+        .filter(|d| d.version != newest.version)
+    {
+        let release = deployed.decode().map_err(|e| unreadable(deployed, &e))?;
+        let known: BTreeSet<ObjectKey> = objects
+            .iter()
+            .map(|o| o.key().in_namespace(namespace))
+            .collect();
+        objects.extend(
+            parse_stored(&release, deployed)?
+                .into_iter()
+                .filter(|o| !known.contains(&o.key().in_namespace(namespace))),
+        );
+    }
+    let live = (newest_release.info.status != Status::Uninstalling).then_some(newest_release);
+    Ok(Previous { live, objects })
+}
+
+fn parse_stored(
+    release: &HelmRelease,
+    stored: &StoredRecord,
+) -> Result<Vec<ManifestObject>, String> {
+    manifest::parse(&release.manifest)
+        .map(|r| r.objects)
+        .map_err(|e| {
+            format!(
+                "release record {} has a manifest that cannot be read ({e}); delete that Secret \
+                 or fix the release by hand",
+                stored.name()
+            )
+        })
+}
+
+fn unreadable(stored: &StoredRecord, error: &dyn std::fmt::Display) -> String {
+    format!(
+        "release record {} cannot be read ({error}); delete that Secret or fix the release by hand",
+        stored.name()
+    )
+}
+
+/// ((group, kind), namespaced) a CustomResourceDefinition object defines.
+fn crd_defines(object: &ManifestObject) -> Option<((String, String), bool)> {
+    if object.kind != "CustomResourceDefinition" {
+        return None;
+    }
+    let group = object.body.pointer("/spec/group")?.as_str()?;
+    let kind = object.body.pointer("/spec/names/kind")?.as_str()?;
+    let namespaced = object.body.pointer("/spec/scope").and_then(Value::as_str) != Some("Cluster");
+    Some(((group.to_owned(), kind.to_owned()), namespaced))
+}
+
+/// (`apiVersion`, kind) pairs a CustomResourceDefinition object serves.
+fn crd_kinds(object: &ManifestObject) -> Vec<(String, String)> {
+    let Some(((group, kind), _)) = crd_defines(object) else {
+        return Vec::new();
+    };
+    let versions = object
+        .body
+        .pointer("/spec/versions")
+        .and_then(Value::as_array);
+    versions
+        .into_iter()
+        .flatten()
+        .filter(|v| v.get("served").and_then(Value::as_bool) != Some(false))
+        .filter_map(|v| v.get("name").and_then(Value::as_str))
+        .map(|version| (format!("{group}/{version}"), kind.clone()))
+        .collect()
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Unpacks and checks a chart archive, and builds the chart as Helm records it.
+fn load_chart(tgz: &[u8]) -> Result<LoadedChart, String> {
+    let archive = chart::inspect(tgz, &chart::ChartLimits::default())
+        .map_err(|e| format!("chart archive rejected: {e}"))?;
+    let metadata = archive
+        .file("Chart.yaml")
+        .map(|f| serde_yaml_ng::from_slice::<Value>(&f.data))
+        .transpose()
+        .map_err(|e| format!("chart file Chart.yaml is not valid YAML: {e}"))?
+        .filter(Value::is_object)
+        .ok_or("chart archive has no Chart.yaml")?;
+    let values = match archive.default_values() {
+        Ok(Value::Object(values)) => values,
+        Ok(_) => Map::new(),
+        Err(e) => return Err(format!("chart values.yaml rejected: {e}")),
+    };
+    let files: Vec<(String, Vec<u8>)> = archive
+        .files
+        .into_iter()
+        .map(|f| (f.path, f.data))
+        .collect();
+    let record = HelmChart::from_files(metadata, values, files.iter().cloned())
+        .map_err(|e| format!("chart cannot be recorded: {e}"))?;
+    let summary = history::chart_summary(&record);
+    Ok(LoadedChart {
+        files,
+        record,
+        summary,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The executor runs `execute` on a multi-threaded runtime, possibly in spawned tasks.
+    #[allow(dead_code)]
+    fn futures_are_send(target: &ClusterTarget, desired: &DesiredRelease) {
+        fn send<T: Send>(_: T) {}
+        send(target.execute(desired, None));
+        send(target.current("ns", "release"));
+        send(ClusterTarget::connect(PathBuf::new()));
+    }
+
+    #[test]
+    fn descriptions_read_like_helms() {
+        assert_eq!(Verb::Install.done(), "Install complete");
+        assert_eq!(Verb::Upgrade.done(), "Upgrade complete");
+        assert_eq!(Verb::Rollback(2).done(), "Rollback to 2");
+        assert_eq!(
+            Verb::Install.failed("web", "boom"),
+            "Release \"web\" failed: boom"
+        );
+        assert_eq!(
+            Verb::Upgrade.failed("web", "boom"),
+            "Upgrade \"web\" failed: boom"
+        );
+        assert_eq!(
+            Verb::Rollback(1).failed("web", "boom"),
+            "Rollback \"web\" failed: boom"
+        );
+    }
+
+    #[test]
+    fn crds_in_templates_define_kinds() {
+        let crd = ManifestObject {
+            source: None,
+            api_version: "apiextensions.k8s.io/v1".into(),
+            kind: "CustomResourceDefinition".into(),
+            name: "widgets.example.com".into(),
+            namespace: None,
+            body: json!({"spec": {
+                "group": "example.com",
+                "names": {"kind": "Widget", "plural": "widgets"},
+                "versions": [{"name": "v1", "served": true}, {"name": "v0", "served": false}],
+            }}),
+            text: String::new(),
+        };
+        assert_eq!(
+            crd_kinds(&crd),
+            vec![("example.com/v1".to_owned(), "Widget".to_owned())]
+        );
+        assert_eq!(
+            crd_defines(&crd),
+            Some((("example.com".into(), "Widget".into()), true))
+        );
+        assert_eq!(
+            crd_defines(&ManifestObject {
+                kind: "ConfigMap".into(),
+                ..crd
+            }),
+            None
+        );
+    }
+}
