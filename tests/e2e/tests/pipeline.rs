@@ -221,6 +221,36 @@ async fn install_upgrade_uninstall_by_selector() -> anyhow::Result<()> {
         .collect();
     assert_eq!(statuses, ["superseded", "deployed"]);
 
+    // Roll back to revision 1: a new revision 3 with revision 1's values (2 replicas).
+    optikon(
+        &testbed,
+        &[
+            "rollback",
+            "nginx",
+            "1",
+            "-n",
+            "default",
+            "-l",
+            "Kubecon=True",
+        ],
+    )?
+    .ok()?;
+    for site in ["copenhagen-1", "copenhagen-2"] {
+        let client = kube_client(&testbed, site).await?;
+        eventually(
+            &format!("2 nginx pods on {site} again"),
+            Duration::from_secs(60),
+            || async { Ok((running_pods(&client, "default", "nginx").await? == 2).then_some(())) },
+        )
+        .await?;
+    }
+    assert_agree(
+        &testbed,
+        "nginx",
+        "default",
+        &BTreeMap::from([("copenhagen-1", 3), ("copenhagen-2", 3)]),
+    )?;
+
     // Uninstall with ID=123: only copenhagen-1 loses it.
     optikon(
         &testbed,
@@ -241,13 +271,13 @@ async fn install_upgrade_uninstall_by_selector() -> anyhow::Result<()> {
             "nginx"
         )
         .await?,
-        3
+        2
     );
     assert_agree(
         &testbed,
         "nginx",
         "default",
-        &BTreeMap::from([("copenhagen-2", 2)]),
+        &BTreeMap::from([("copenhagen-2", 3)]),
     )?;
     Ok(())
 }
@@ -268,8 +298,14 @@ async fn a_request_published_twice_applies_once() -> anyhow::Result<()> {
         "namespace": "dup", "selector": "ID=456", "chart": {"name": "twice", "version": "1.0.0"},
         "values": {"replicaCount": 1}
     });
+    // A trace this test starts: every hop must carry it on.
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
     for _ in 0..2 {
-        let headers = optikon_runtime::trace::headers(Some(&id));
+        let mut headers = optikon_runtime::trace::headers(Some(&id));
+        headers.insert(
+            "traceparent",
+            format!("00-{trace_id}-00f067aa0ba902b7-01").as_str(),
+        );
         js.publish_with_headers(subject::RELEASE_REQUEST, headers, body.to_string().into())
             .await?
             .await?;
@@ -307,6 +343,35 @@ async fn a_request_published_twice_applies_once() -> anyhow::Result<()> {
     .ok()?;
     let history: Vec<serde_json::Value> = serde_json::from_str(&history.stdout)?;
     assert_eq!(history.len(), 1, "one request, one revision: {history:?}");
+
+    // The trace went from the request through the router's command to the edge's status.
+    let trace_of = |message: async_nats::jetstream::message::StreamMessage| {
+        message
+            .headers
+            .get("traceparent")
+            .map(|v| v.as_str().split('-').nth(1).unwrap_or_default().to_owned())
+    };
+    let command = js
+        .get_stream(subject::CMD_STREAM)
+        .await?
+        .get_last_raw_message_by_subject(&subject::command("copenhagen-2", "dup", "twice"))
+        .await?;
+    assert_eq!(
+        trace_of(command).as_deref(),
+        Some(trace_id.as_str()),
+        "command carries the trace"
+    );
+    let status = js
+        .get_stream(subject::STATUS_HUB_STREAM)
+        .await?
+        .get_last_raw_message_by_subject(&subject::release_status("copenhagen-2", "dup", "twice"))
+        .await?;
+    assert_eq!(
+        trace_of(status).as_deref(),
+        Some(trace_id.as_str()),
+        "status carries the trace"
+    );
+
     optikon(
         &testbed,
         &["uninstall", "twice", "-n", "dup", "-l", "ID=456"],
