@@ -478,3 +478,66 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() -> anyhow::Result<()
     assert_eq!(optikon_list(&testbed)?, before);
     Ok(())
 }
+
+#[tokio::test]
+async fn labels_set_at_the_hub_choose_the_targets() -> anyhow::Result<()> {
+    let testbed = testbed().await;
+    wait_until_healthy(&testbed).await?;
+    let dir = tempfile::tempdir()?;
+    let chart = helm_chart(&testbed, dir.path(), "labelled", "0.2.0")?;
+
+    optikon(
+        &testbed,
+        &["cluster", "label", "copenhagen-3", "tier=store"],
+    )?
+    .ok()?;
+    let out = optikon(&testbed, &["clusters", "-l", "tier=store", "-o", "json"])?.ok()?;
+    let clusters: Vec<serde_json::Value> = serde_json::from_str(&out.stdout)?;
+    let names: Vec<&str> = clusters.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["copenhagen-3"]);
+
+    let out = optikon(
+        &testbed,
+        &[
+            "install",
+            "labelled",
+            chart.to_str().unwrap(),
+            "-n",
+            "lbl",
+            "-l",
+            "tier in (store,edge)",
+        ],
+    )?
+    .ok()?;
+    assert!(out.stdout.contains("copenhagen-3"), "{}", out.stdout);
+    let status = optikon(&testbed, &["status", "labelled", "-o", "json"])?.ok()?;
+    let status: Vec<ReleaseStatus> = serde_json::from_str(&status.stdout)?;
+    let on: Vec<(&str, ReleaseState)> = status
+        .iter()
+        .map(|s| (s.cluster.as_str(), s.state))
+        .collect();
+    assert_eq!(on, [("copenhagen-3", ReleaseState::Deployed)]);
+    assert_eq!(
+        helm_list(&testbed, "copenhagen-3", "lbl")?
+            .get("labelled")
+            .map(|r| r.0),
+        Some(1)
+    );
+
+    // Removing the label takes the cluster out of the selection again.
+    optikon(&testbed, &["cluster", "label", "copenhagen-3", "tier-"])?.ok()?;
+    let out = optikon(&testbed, &["clusters", "-l", "tier", "-o", "json"])?.ok()?;
+    assert_eq!(out.stdout.trim(), "[]");
+    let out = optikon(&testbed, &["cluster", "label", "copenhagen-3", "Bad Key=1"])?;
+    assert_eq!(out.code, 2, "{out:?}");
+    let out = optikon(&testbed, &["cluster", "label", "no-such-site", "a=b"])?;
+    assert_eq!(out.code, 2, "{out:?}");
+
+    optikon(
+        &testbed,
+        &["uninstall", "labelled", "-n", "lbl", "-l", "ID=789"],
+    )?
+    .ok()?;
+    assert!(helm_list(&testbed, "copenhagen-3", "lbl")?.is_empty());
+    Ok(())
+}
