@@ -541,3 +541,68 @@ async fn labels_set_at_the_hub_choose_the_targets() -> anyhow::Result<()> {
     assert!(helm_list(&testbed, "copenhagen-3", "lbl")?.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_changed_chart_under_a_known_version_needs_force() -> anyhow::Result<()> {
+    let testbed = testbed().await;
+    let dir = tempfile::tempdir()?;
+    let first = helm_chart(&testbed, dir.path(), "mutable", "1.0.0")?;
+    let pushed = optikon(
+        &testbed,
+        &["chart", "push", first.to_str().unwrap(), "-o", "json"],
+    )?
+    .ok()?;
+    let first_digest = serde_json::from_str::<serde_json::Value>(&pushed.stdout)?["digest"].clone();
+    // Pushing the same bytes again is a no-op, not a conflict.
+    optikon(&testbed, &["chart", "push", first.to_str().unwrap()])?.ok()?;
+
+    // Same name and version, other content.
+    let other = tempfile::tempdir()?;
+    let changed = helm_chart(&testbed, other.path(), "mutable", "1.0.0")?;
+    let values = other.path().join("mutable/values.yaml");
+    std::fs::write(
+        &values,
+        std::fs::read_to_string(&values)? + "\nextra: true\n",
+    )?;
+    let helm_bin = testbed.tools().get("helm")?;
+    let status = std::process::Command::new(helm_bin)
+        .current_dir(other.path())
+        .args(["package", "mutable", "--version", "1.0.0"])
+        .output()?;
+    anyhow::ensure!(status.status.success(), "helm package: {status:?}");
+
+    let out = optikon(&testbed, &["chart", "push", changed.to_str().unwrap()])?;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("already stored with other content"),
+        "{}",
+        out.stderr
+    );
+    let listed = optikon(&testbed, &["chart", "list", "-o", "json"])?.ok()?;
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout)?;
+    let entry = listed
+        .iter()
+        .find(|c| c["name"] == "mutable")
+        .expect("listed");
+    assert_eq!(
+        entry["digest"], first_digest,
+        "the refused push changed nothing"
+    );
+
+    let forced = optikon(
+        &testbed,
+        &[
+            "chart",
+            "push",
+            changed.to_str().unwrap(),
+            "--force",
+            "-o",
+            "json",
+        ],
+    )?
+    .ok()?;
+    let forced_digest =
+        serde_json::from_str::<serde_json::Value>(&forced.stdout)?["digest"].clone();
+    assert_ne!(forced_digest, first_digest);
+    Ok(())
+}
