@@ -330,3 +330,103 @@ impl Client {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Added for the gateway: live events and chart look-ups. Nothing above depends on this.
+// ---------------------------------------------------------------------------------------
+
+/// Something that just happened, as a live subscriber hears it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LiveEvent {
+    /// A request's progress changed (`optikon.event.request.<id>`).
+    Request(RequestStatus),
+    /// chart-ingest stored a chart (`optikon.event.chart.ingested`).
+    ChartIngested(ChartIndexEntry),
+    /// A release changed on a cluster (`optikon.status.<cluster>.release.…`).
+    Release(ReleaseStatus),
+    /// A cluster's heartbeat (`optikon.status.<cluster>.heartbeat`).
+    Heartbeat(optikon_core::message::Heartbeat),
+}
+
+impl LiveEvent {
+    /// Reads a message from one of the subjects [`Client::live_events`] listens on; `None`
+    /// for subjects it does not know or bodies it cannot read (a foreign or future writer).
+    pub fn from_message(subject_name: &str, body: &[u8]) -> Option<LiveEvent> {
+        if subject_name == subject::EVENT_CHART_INGESTED {
+            return serde_json::from_slice(body).ok().map(LiveEvent::ChartIngested);
+        }
+        if subject_name.starts_with(&format!("{}.", subject::EVENT_REQUEST_PREFIX)) {
+            return serde_json::from_slice(body).ok().map(LiveEvent::Request);
+        }
+        let rest = subject_name.strip_prefix(&format!("{}.", subject::STATUS_PREFIX))?;
+        let (_cluster, kind) = rest.split_once('.')?;
+        if kind == "heartbeat" {
+            serde_json::from_slice(body).ok().map(LiveEvent::Heartbeat)
+        } else if kind.starts_with("release.") {
+            serde_json::from_slice(body).ok().map(LiveEvent::Release)
+        } else {
+            None
+        }
+    }
+}
+
+impl Client {
+    /// Live request events, chart announcements, release status and heartbeats, as they
+    /// happen (core NATS subscriptions: nothing is replayed; what happened before is in the
+    /// KV buckets). Status from an edge whose link is down arrives at the hub later, through
+    /// `STATUS_HUB`, and then shows as request events.
+    pub async fn live_events(&self) -> Result<impl Stream<Item = LiveEvent> + use<>, ClientError> {
+        let mut subscriptions = Vec::new();
+        for filter in [
+            "optikon.event.>".to_owned(),
+            format!("{}.*.release.>", subject::STATUS_PREFIX),
+            format!("{}.*.heartbeat", subject::STATUS_PREFIX),
+        ] {
+            let subscription = self
+                .nats
+                .subscribe(filter)
+                .await
+                .map_err(|e| nats("subscribe to live events")(&e))?;
+            subscriptions.push(subscription);
+        }
+        Ok(futures::stream::select_all(subscriptions).filter_map(|message| async move {
+            LiveEvent::from_message(message.subject.as_str(), &message.payload)
+        }))
+    }
+
+    /// One chart of the index by name and version.
+    pub async fn chart(&self, name: &str, version: &str) -> Result<ChartIndexEntry, ClientError> {
+        let store = self.bucket(subject::CHART_INDEX_BUCKET).await?;
+        match store
+            .get(subject::chart_key(name, version))
+            .await
+            .map_err(|e| nats("read chart index")(&e))?
+        {
+            Some(bytes) => decode("chart index entry", &bytes).map_err(ClientError::Refused),
+            None => Err(ClientError::NotFound(format!(
+                "chart {name} {version} is not stored; push it first"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod live_event_tests {
+    use super::*;
+
+    #[test]
+    fn subjects_map_to_event_kinds() {
+        let heartbeat = br#"{"apiVersion":"optikon/v1","cluster":"c1","apiReady":true,"nodesReady":1,"nodesTotal":1,"podsTotal":4,"intervalSeconds":5,"at":"2026-11-25T22:48:54Z"}"#;
+        assert!(matches!(
+            LiveEvent::from_message("optikon.status.c1.heartbeat", heartbeat),
+            Some(LiveEvent::Heartbeat(h)) if h.pods_total == 4
+        ));
+        let status = br#"{"apiVersion":"optikon/v1","cluster":"c1","namespace":"default","release":"web","generation":1,"requestId":"r1","action":"install","state":"deployed","at":"2026-11-25T22:48:54Z"}"#;
+        assert!(matches!(
+            LiveEvent::from_message("optikon.status.c1.release.default.web", status),
+            Some(LiveEvent::Release(s)) if s.release == "web"
+        ));
+        assert_eq!(LiveEvent::from_message("optikon.status.c1.release.default.web", b"{}"), None);
+        assert_eq!(LiveEvent::from_message("optikon.cmd.c1.default.web", status), None);
+    }
+}

@@ -37,16 +37,54 @@ fn stream_err(name: &str, e: impl std::fmt::Display) -> TopologyError {
     }
 }
 
+/// Several services set up the topology at once when a site starts. A create that loses
+/// such a race can fail (JetStream may count both reservations against its storage limit),
+/// so a failed step is retried after a pause, by which time the winner's stream exists.
+async fn with_retries<T, E: std::fmt::Display, F, Fut>(what: &str, mut step: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    const ATTEMPTS: u64 = 4;
+    for attempt in 1.. {
+        match step().await {
+            Ok(value) => return Ok(value),
+            Err(e) if attempt >= ATTEMPTS => return Err(e.to_string()),
+            Err(error) => {
+                tracing::debug!(what, %error, attempt, "topology setup raced; retrying");
+                tokio::time::sleep(Duration::from_millis(250 * attempt)).await;
+            }
+        }
+    }
+    unreachable!("the loop returns")
+}
+
 /// Creates the stream or brings its config up to date.
 async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
 ) -> Result<(), TopologyError> {
     let name = config.name.clone();
-    js.create_or_update_stream(config)
+    with_retries(&name, || js.create_or_update_stream(config.clone()))
         .await
         .map_err(|e| stream_err(&name, e))?;
     Ok(())
+}
+
+/// Creates the stream if it does not exist; an existing one is left as it is.
+async fn ensure_stream_exists(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<(), TopologyError> {
+    let name = config.name.clone();
+    with_retries(&name, || async {
+        if js.get_stream(&name).await.is_ok() {
+            return Ok(());
+        }
+        js.create_stream(config.clone()).await.map(|_| ())
+    })
+    .await
+    .map_err(|e| stream_err(&name, e))
 }
 
 async fn ensure_kv(
@@ -54,15 +92,17 @@ async fn ensure_kv(
     config: kv::Config,
 ) -> Result<kv::Store, TopologyError> {
     let name = config.bucket.clone();
-    if let Ok(store) = js.get_key_value(&name).await {
-        return Ok(store);
-    }
-    js.create_key_value(config)
-        .await
-        .map_err(|e| TopologyError::Bucket {
-            name,
-            message: e.to_string(),
-        })
+    with_retries(&name, || async {
+        match js.get_key_value(&name).await {
+            Ok(store) => Ok(store),
+            Err(_) => js.create_key_value(config.clone()).await,
+        }
+    })
+    .await
+    .map_err(|message| TopologyError::Bucket {
+        name: name.clone(),
+        message,
+    })
 }
 
 async fn ensure_object_store(
@@ -70,15 +110,17 @@ async fn ensure_object_store(
     config: object_store::Config,
 ) -> Result<object_store::ObjectStore, TopologyError> {
     let name = config.bucket.clone();
-    if let Ok(store) = js.get_object_store(&name).await {
-        return Ok(store);
-    }
-    js.create_object_store(config)
-        .await
-        .map_err(|e| TopologyError::ObjectStore {
-            name,
-            message: e.to_string(),
-        })
+    with_retries(&name, || async {
+        match js.get_object_store(&name).await {
+            Ok(store) => Ok(store),
+            Err(_) => js.create_object_store(config.clone()).await,
+        }
+    })
+    .await
+    .map_err(|message| TopologyError::ObjectStore {
+        name: name.clone(),
+        message,
+    })
 }
 
 /// Everything the hub holds. `js` must be the hub's JetStream.
@@ -120,17 +162,18 @@ pub async fn ensure_hub(js: &jetstream::Context) -> Result<(), TopologyError> {
     .await?;
     // STATUS_HUB has no subjects of its own: it only sources the edges' STATUS streams, so a
     // status published live over the leaf link is never stored twice.
-    if js.get_stream(subject::STATUS_HUB_STREAM).await.is_err() {
-        js.get_or_create_stream(stream::Config {
+    // Its sources are added one by one as edges register, so an existing one is kept as is.
+    ensure_stream_exists(
+        js,
+        stream::Config {
             name: subject::STATUS_HUB_STREAM.into(),
             max_age: 7 * DAY,
             max_bytes: 4 << 30,
             max_messages_per_subject: STATUS_KEPT_PER_SUBJECT,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| stream_err(subject::STATUS_HUB_STREAM, e))?;
-    }
+        },
+    )
+    .await?;
     for (bucket, history) in [
         (subject::CLUSTERS_BUCKET, 1),
         (subject::DESIRED_BUCKET, 16),

@@ -146,6 +146,9 @@ fn print_info(testbed: &Testbed) {
             service.log().display()
         );
     }
+    if let Some(url) = testbed.gateway_url() {
+        println!("gateway   {url}");
+    }
     println!("details   {}", info.dir.join("testbed.json").display());
     let cli = optikon_testbed::services::service_bin_dir()
         .map(|d| d.join("optikon").display().to_string())
@@ -155,6 +158,9 @@ fn print_info(testbed: &Testbed) {
     println!("  export OPTIKON_NATS_URL='{}'", info.hub.url);
     println!("  {cli} clusters");
     println!("  {cli} list");
+    if let Some(url) = testbed.gateway_url() {
+        println!("or open the Edge Manager: {url}");
+    }
 }
 
 fn serve_control(testbed: &Mutex<Testbed>, stream: UnixStream) -> anyhow::Result<()> {
