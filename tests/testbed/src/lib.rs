@@ -421,8 +421,43 @@ impl Testbed {
         Ok(())
     }
 
+    /// The gateway's base URL (`http://127.0.0.1:PORT/`), when services run.
+    pub fn gateway_url(&self) -> Option<String> {
+        let spec = &self.services.iter().find(|s| s.spec.name == "gateway")?.spec;
+        spec.env
+            .iter()
+            .find(|(k, _)| k == services::GATEWAY_LISTEN_ENV)
+            .map(|(_, address)| format!("http://{address}/"))
+    }
+
     pub fn service_mut(&mut self, name: &str) -> Option<&mut ServiceProcess> {
         self.services.iter_mut().find(|s| s.spec.name == name)
+    }
+
+    /// Starts one more executor for `site`, a copy of the site's first one: replicas share
+    /// the site's durable consumer, so this is horizontal scaling. Returns the new service's
+    /// name (`per-cluster-executor@<site>#<n>`); drop it from `services` to stop it.
+    pub fn add_executor_replica(&mut self, site: &str) -> Result<String, Error> {
+        let first = format!("per-cluster-executor@{site}");
+        let mut spec = self
+            .services
+            .iter()
+            .find(|s| s.spec.name == first)
+            .map(|s| s.spec.clone())
+            .ok_or_else(|| Error::Config(format!("no executor runs at site {site:?}")))?;
+        let replica = format!("{first}#");
+        let mut n = 2;
+        while self
+            .services
+            .iter()
+            .any(|s| s.spec.name == format!("{replica}{n}"))
+        {
+            n += 1;
+        }
+        spec.name = format!("{replica}{n}");
+        let process = ServiceProcess::start(&spec, &self.dir)?;
+        self.services.push(process);
+        Ok(spec.name)
     }
 }
 

@@ -7,6 +7,9 @@ use std::time::Duration;
 use crate::process::ChildProcess;
 use crate::{Error, Testbed};
 
+/// The gateway's listen address variable; the test bed picks a free port for it.
+pub const GATEWAY_LISTEN_ENV: &str = "OPTIKON_GATEWAY_LISTEN";
+
 /// How to start one service process.
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
@@ -29,6 +32,12 @@ impl ServiceSpec {
             env: vec![("OPTIKON_NATS_URL".into(), hub_url.clone())],
         };
         let mut specs = vec![hub("chart-ingest"), hub("selector-router")];
+        let mut gateway = hub("gateway");
+        gateway.env.push((
+            GATEWAY_LISTEN_ENV.into(),
+            format!("127.0.0.1:{}", crate::free_port()?),
+        ));
+        specs.push(gateway);
         for edge in &testbed.edges {
             let Some(cluster) = &edge.cluster else {
                 continue;
@@ -107,6 +116,17 @@ impl ServiceProcess {
 
     pub fn log(&self) -> &Path {
         &self.log
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Sets (or replaces) one environment variable of the service, e.g. a shorter interval
+    /// for a test; it takes effect at the next [`ServiceProcess::restart`].
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.spec.env.retain(|(k, _)| k != key);
+        self.spec.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// SIGKILL: a crash.
