@@ -3,7 +3,6 @@
 use clap::Parser;
 use optikon_core::chart::ChartLimits;
 use optikon_runtime::args::{NatsArgs, TelemetryArgs};
-use optikon_runtime::shutdown::Shutdown;
 
 #[derive(Debug, Parser)]
 #[command(about = "Validates and stores Helm charts pushed to Optikon")]
@@ -17,9 +16,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    optikon_runtime::telemetry::init(&args.telemetry, "chart-ingest");
-    let shutdown = Shutdown::on_signals();
-    let client = optikon_runtime::connect(&args.nats, "chart-ingest").await?;
+    let (client, shutdown) =
+        optikon_runtime::start_service(&args.nats, &args.telemetry, "chart-ingest").await?;
     let js = async_nats::jetstream::new(client.clone());
     let ingest = chart_ingest::ChartIngest::new(js, ChartLimits::default()).await?;
     ingest.run(&client, shutdown).await?;

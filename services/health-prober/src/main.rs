@@ -5,7 +5,6 @@ use std::time::Duration;
 use clap::Parser;
 use health_prober::ProberConfig;
 use optikon_runtime::args::{NatsArgs, TelemetryArgs};
-use optikon_runtime::shutdown::Shutdown;
 
 #[derive(Debug, Parser)]
 #[command(about = "Reports this edge site's cluster health to the Optikon hub")]
@@ -28,11 +27,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    optikon_runtime::telemetry::init(&args.telemetry, "health-prober");
     optikon_core::names::validate_cluster_name(&args.cluster)?;
     let labels = optikon_core::names::parse_labels(&args.labels)?;
-    let shutdown = Shutdown::on_signals();
-    let nats = optikon_runtime::connect(&args.nats, "health-prober").await?;
+    let (nats, shutdown) =
+        optikon_runtime::start_service(&args.nats, &args.telemetry, "health-prober").await?;
     let kube = kube::Client::try_default().await?;
     let config = ProberConfig {
         cluster: args.cluster,

@@ -23,6 +23,19 @@ pub enum ConnectError {
     },
 }
 
+/// What every service's `main` does first: install telemetry, listen for the shutdown
+/// signals, and connect to NATS.
+pub async fn start_service(
+    nats: &args::NatsArgs,
+    telemetry_args: &args::TelemetryArgs,
+    name: &'static str,
+) -> Result<(async_nats::Client, shutdown::Shutdown), ConnectError> {
+    telemetry::init(telemetry_args, name);
+    let shutdown = shutdown::Shutdown::on_signals();
+    let client = connect(nats, name).await?;
+    Ok((client, shutdown))
+}
+
 /// Connects to NATS, retrying the first connection so services can start before the server.
 pub async fn connect(
     args: &args::NatsArgs,
@@ -55,12 +68,13 @@ pub async fn connect_url(url: &str, name: &str) -> Result<async_nats::Client, Co
 /// Splits `scheme://user:password@rest` into `scheme://rest` and the credentials.
 fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
     if let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@'))
-        && at > scheme {
-            let userinfo = &url[scheme + 3..at];
-            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-            let address = format!("{}{}", &url[..scheme + 3], &url[at + 1..]);
-            return (address, Some((user.to_owned(), password.to_owned())));
-        }
+        && at > scheme
+    {
+        let userinfo = &url[scheme + 3..at];
+        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        let address = format!("{}{}", &url[..scheme + 3], &url[at + 1..]);
+        return (address, Some((user.to_owned(), password.to_owned())));
+    }
     (url.to_owned(), None)
 }
 

@@ -7,8 +7,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer};
-use futures::StreamExt;
+use async_nats::jetstream;
 use optikon_core::message::{
     ApiError, ApiVersion, ClusterRecord, Heartbeat, ReleaseState, ReleaseStatus, RequestStatus,
     decode,
@@ -17,45 +16,26 @@ use optikon_core::subject;
 use optikon_runtime::shutdown::Shutdown;
 
 use crate::request::publish_event;
-use crate::{Hub, internal, read, write_if};
+use crate::{Hub, consume, internal, read, write_if};
 
 const CONSUMER: &str = "status-fold";
 
 pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
-    let stream = hub.js.get_stream(subject::STATUS_HUB_STREAM).await?;
-    let consumer = stream
-        .get_or_create_consumer(
-            CONSUMER,
-            consumer::pull::Config {
-                durable_name: Some(CONSUMER.into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let mut messages = consumer.messages().await?;
-    loop {
-        let message = tokio::select! {
-            m = messages.next() => match m {
-                Some(Ok(m)) => m,
-                Some(Err(error)) => { tracing::warn!(%error, "status stream interrupted"); continue }
-                None => return Ok(()),
-            },
-            _ = shutdown.wait() => return Ok(()),
-        };
-        match fold_message(&hub, &message).await {
-            Ok(()) => {
-                let _ = message.ack().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, subject = %message.subject, "status fold will be retried");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-            }
-        }
-    }
+    let ack_wait = Duration::from_secs(30);
+    let retry = Duration::from_secs(1);
+    consume(
+        &hub,
+        subject::STATUS_HUB_STREAM,
+        CONSUMER,
+        ack_wait,
+        retry,
+        shutdown,
+        |message| {
+            let hub = hub.clone();
+            async move { fold_message(&hub, &message).await }
+        },
+    )
+    .await
 }
 
 async fn fold_message(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiError> {
@@ -125,10 +105,11 @@ pub async fn fold_release_status(hub: &Hub, status: ReleaseStatus) -> Result<(),
         for _ in 0..20 {
             let current = read::<ReleaseStatus>(&hub.releases, &key).await?;
             if let Some((old, _)) = &current
-                && !newer(&status, old) {
-                    written = true;
-                    break;
-                }
+                && !newer(&status, old)
+            {
+                written = true;
+                break;
+            }
             if write_if(&hub.releases, &key, &status, current.map(|(_, r)| r)).await? {
                 written = true;
                 break;

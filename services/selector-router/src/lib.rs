@@ -13,8 +13,11 @@ pub mod fold;
 pub mod registry;
 pub mod request;
 
-use async_nats::jetstream::{self, kv};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer, kv};
 use bytes::Bytes;
+use futures::StreamExt;
 use optikon_core::message::{ApiError, ErrorCode};
 use optikon_core::subject;
 use optikon_runtime::shutdown::Shutdown;
@@ -55,6 +58,61 @@ pub async fn run(client: async_nats::Client, shutdown: Shutdown) -> anyhow::Resu
         registry::run(client, hub, shutdown),
     )?;
     Ok(())
+}
+
+/// Works through a durable pull consumer (shared by all replicas) until shutdown: a message
+/// is acked when `handle` succeeds, and redelivered after `retry` when it fails — which it
+/// does only for infrastructure errors; bad input is answered and acked by the handler.
+pub(crate) async fn consume<F, Fut>(
+    hub: &Hub,
+    stream: &str,
+    durable: &str,
+    ack_wait: Duration,
+    retry: Duration,
+    shutdown: Shutdown,
+    mut handle: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(jetstream::Message) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ApiError>>,
+{
+    let consumer = hub
+        .js
+        .get_stream(stream)
+        .await?
+        .get_or_create_consumer(
+            durable,
+            consumer::pull::Config {
+                durable_name: Some(durable.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut messages = consumer.messages().await?;
+    loop {
+        let message = tokio::select! {
+            m = messages.next() => match m {
+                Some(Ok(m)) => m,
+                Some(Err(error)) => {
+                    tracing::warn!(stream, %error, "consumer interrupted");
+                    continue;
+                }
+                None => return Ok(()),
+            },
+            _ = shutdown.wait() => return Ok(()),
+        };
+        match handle(message.clone()).await {
+            Ok(()) => {
+                let _ = message.ack().await;
+            }
+            Err(error) => {
+                tracing::warn!(stream, %error, subject = %message.subject, "will be retried");
+                let _ = message.ack_with(AckKind::Nak(Some(retry))).await;
+            }
+        }
+    }
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {

@@ -2,7 +2,6 @@
 
 use clap::Parser;
 use optikon_runtime::args::{NatsArgs, TelemetryArgs};
-use optikon_runtime::shutdown::Shutdown;
 
 #[derive(Debug, Parser)]
 #[command(about = "Routes Optikon release requests to the clusters their selector matches")]
@@ -16,9 +15,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    optikon_runtime::telemetry::init(&args.telemetry, "selector-router");
-    let shutdown = Shutdown::on_signals();
-    let client = optikon_runtime::connect(&args.nats, "selector-router").await?;
+    let (client, shutdown) =
+        optikon_runtime::start_service(&args.nats, &args.telemetry, "selector-router").await?;
     selector_router::run(client.clone(), shutdown).await?;
     client.drain().await?;
     Ok(())

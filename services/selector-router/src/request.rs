@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer};
-use futures::{StreamExt, TryStreamExt};
+use async_nats::jetstream;
+use futures::TryStreamExt;
 use optikon_core::message::{
     Action, ApiError, ApiVersion, ChartIndexEntry, ChartPin, ChartRef, ClusterProgress,
     ClusterRecord, DesiredRelease, ErrorCode, ReleaseRequest, ReleaseState, RequestStatus,
@@ -21,48 +21,31 @@ use optikon_runtime::shutdown::Shutdown;
 use optikon_runtime::trace;
 use tracing::Instrument;
 
-use crate::{Hub, internal, read, write_if};
+use crate::{Hub, consume, internal, read, write_if};
 
 const CONSUMER: &str = "selector-router";
 
 pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
-    let stream = hub.js.get_stream(subject::RELEASE_REQUESTS_STREAM).await?;
-    let consumer = stream
-        .get_or_create_consumer(
-            CONSUMER,
-            consumer::pull::Config {
-                durable_name: Some(CONSUMER.into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(60),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let mut messages = consumer.messages().await?;
-    loop {
-        let message = tokio::select! {
-            m = messages.next() => match m {
-                Some(Ok(m)) => m,
-                Some(Err(error)) => { tracing::warn!(%error, "request stream interrupted"); continue }
-                None => return Ok(()),
-            },
-            _ = shutdown.wait() => return Ok(()),
-        };
-        let span = tracing::info_span!("release_request");
-        trace::adopt(&span, message.headers.as_ref());
-        match handle(&hub, &message).instrument(span).await {
-            Ok(()) => {
-                let _ = message.ack().await;
+    let ack_wait = Duration::from_secs(60);
+    let retry = Duration::from_secs(2);
+    let stream = subject::RELEASE_REQUESTS_STREAM;
+    consume(
+        &hub,
+        stream,
+        CONSUMER,
+        ack_wait,
+        retry,
+        shutdown,
+        |message| {
+            let hub = hub.clone();
+            async move {
+                let span = tracing::info_span!("release_request");
+                trace::adopt(&span, message.headers.as_ref());
+                handle(&hub, &message).instrument(span).await
             }
-            Err(error) => {
-                // Only infrastructure errors get here; the request is tried again.
-                tracing::warn!(%error, "request will be retried");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-                    .await;
-            }
-        }
-    }
+        },
+    )
+    .await
 }
 
 /// Handles one request message. `Err` only for problems worth a retry; a bad request is
@@ -165,12 +148,13 @@ async fn plan(hub: &Hub, request: &ReleaseRequest) -> Result<Plan, ApiError> {
     let selector = LabelSelector::parse(&request.selector)
         .map_err(|e| ApiError::new(ErrorCode::BadSelector, e.to_string()))?;
     if let Some(values) = &request.values
-        && !values.is_object() {
-            return Err(ApiError::new(
-                ErrorCode::BadValues,
-                "values must be a JSON object (a YAML mapping), like the chart's values.yaml",
-            ));
-        }
+        && !values.is_object()
+    {
+        return Err(ApiError::new(
+            ErrorCode::BadValues,
+            "values must be a JSON object (a YAML mapping), like the chart's values.yaml",
+        ));
+    }
     let chart = match (request.action, &request.chart) {
         (Action::Install | Action::Upgrade, None) => {
             return Err(ApiError::new(
@@ -229,9 +213,10 @@ async fn resolve_chart(hub: &Hub, chart: &ChartRef) -> Result<ChartPin, ApiError
                 .map_err(|e| internal("list charts", e))?;
             for key in keys {
                 if let Some((entry, _)) = read::<ChartIndexEntry>(&hub.chart_index, &key).await?
-                    && &entry.digest == digest {
-                        return Ok(entry.pin());
-                    }
+                    && &entry.digest == digest
+                {
+                    return Ok(entry.pin());
+                }
             }
             Err(ApiError::new(
                 ErrorCode::ChartNotFound,
@@ -257,9 +242,10 @@ pub async fn matching_clusters(
     let mut matching = Vec::new();
     for key in keys {
         if let Some((record, _)) = read::<ClusterRecord>(&hub.clusters, &key).await?
-            && selector.matches(&record.labels) {
-                matching.push(record);
-            }
+            && selector.matches(&record.labels)
+        {
+            matching.push(record);
+        }
     }
     matching.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(matching)
@@ -276,9 +262,10 @@ async fn set_desired(
     for _ in 0..20 {
         let current = read::<DesiredRelease>(&hub.desired, &key).await?;
         if let Some((existing, _)) = &current
-            && existing.request_id == request.id {
-                return Ok(existing.clone());
-            }
+            && existing.request_id == request.id
+        {
+            return Ok(existing.clone());
+        }
         let desired = DesiredRelease {
             api_version: ApiVersion,
             cluster: cluster.name.clone(),
