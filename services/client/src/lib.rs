@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use optikon_core::message::{
     ApiError, ApiVersion, ChartIndexEntry, ClusterRecord, ReleaseRequest, ReleaseStatus, Reply,
     RequestStatus, decode,
@@ -91,13 +91,9 @@ impl Client {
         bucket: &str,
     ) -> Result<Vec<T>, ClientError> {
         let store = self.bucket(bucket).await?;
-        let keys: Vec<String> = store
-            .keys()
+        let keys = optikon_runtime::kv::keys(&self.js, bucket)
             .await
-            .map_err(|e| nats("list keys")(&e))?
-            .try_collect()
-            .await
-            .map_err(|e| nats("list keys")(&e))?;
+            .map_err(ClientError::Nats)?;
         let mut out = Vec::new();
         for key in keys {
             if let Some(bytes) = store.get(&key).await.map_err(|e| nats("read")(&e))? {
@@ -353,7 +349,9 @@ impl LiveEvent {
     /// for subjects it does not know or bodies it cannot read (a foreign or future writer).
     pub fn from_message(subject_name: &str, body: &[u8]) -> Option<LiveEvent> {
         if subject_name == subject::EVENT_CHART_INGESTED {
-            return serde_json::from_slice(body).ok().map(LiveEvent::ChartIngested);
+            return serde_json::from_slice(body)
+                .ok()
+                .map(LiveEvent::ChartIngested);
         }
         if subject_name.starts_with(&format!("{}.", subject::EVENT_REQUEST_PREFIX)) {
             return serde_json::from_slice(body).ok().map(LiveEvent::Request);
@@ -389,9 +387,11 @@ impl Client {
                 .map_err(|e| nats("subscribe to live events")(&e))?;
             subscriptions.push(subscription);
         }
-        Ok(futures::stream::select_all(subscriptions).filter_map(|message| async move {
-            LiveEvent::from_message(message.subject.as_str(), &message.payload)
-        }))
+        Ok(
+            futures::stream::select_all(subscriptions).filter_map(|message| async move {
+                LiveEvent::from_message(message.subject.as_str(), &message.payload)
+            }),
+        )
     }
 
     /// One chart of the index by name and version.
@@ -426,7 +426,13 @@ mod live_event_tests {
             LiveEvent::from_message("optikon.status.c1.release.default.web", status),
             Some(LiveEvent::Release(s)) if s.release == "web"
         ));
-        assert_eq!(LiveEvent::from_message("optikon.status.c1.release.default.web", b"{}"), None);
-        assert_eq!(LiveEvent::from_message("optikon.cmd.c1.default.web", status), None);
+        assert_eq!(
+            LiveEvent::from_message("optikon.status.c1.release.default.web", b"{}"),
+            None
+        );
+        assert_eq!(
+            LiveEvent::from_message("optikon.cmd.c1.default.web", status),
+            None
+        );
     }
 }

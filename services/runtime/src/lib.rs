@@ -5,6 +5,7 @@
 //! library until [`shutdown::Shutdown`] fires.
 
 pub mod args;
+pub mod kv;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;

@@ -27,6 +27,7 @@ pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
         &hub,
         subject::STATUS_HUB_STREAM,
         CONSUMER,
+        false, // folding does not depend on order
         ack_wait,
         retry,
         shutdown,

@@ -63,10 +63,14 @@ pub async fn run(client: async_nats::Client, shutdown: Shutdown) -> anyhow::Resu
 /// Works through a durable pull consumer (shared by all replicas) until shutdown: a message
 /// is acked when `handle` succeeds, and redelivered after `retry` when it fails — which it
 /// does only for infrastructure errors; bad input is answered and acked by the handler.
+/// With `in_order`, one message is in hand at a time, so a retried message is never
+/// overtaken by a later one.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn consume<F, Fut>(
     hub: &Hub,
     stream: &str,
     durable: &str,
+    in_order: bool,
     ack_wait: Duration,
     retry: Duration,
     shutdown: Shutdown,
@@ -86,6 +90,7 @@ where
                 durable_name: Some(durable.into()),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait,
+                max_ack_pending: if in_order { 1 } else { 1000 },
                 ..Default::default()
             },
         )

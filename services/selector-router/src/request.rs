@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures::TryStreamExt;
 use optikon_core::message::{
     Action, ApiError, ApiVersion, ChartIndexEntry, ChartPin, ChartRef, ClusterProgress,
     ClusterRecord, DesiredRelease, ErrorCode, ReleaseRequest, ReleaseState, RequestStatus,
@@ -33,6 +32,7 @@ pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
         &hub,
         stream,
         CONSUMER,
+        true, // an uninstall must never overtake the upgrade requested before it
         ack_wait,
         retry,
         shutdown,
@@ -203,12 +203,7 @@ async fn resolve_chart(hub: &Hub, chart: &ChartRef) -> Result<ChartPin, ApiError
                 })
         }
         ChartRef::Digest { digest } => {
-            let keys: Vec<String> = hub
-                .chart_index
-                .keys()
-                .await
-                .map_err(|e| internal("list charts", e))?
-                .try_collect()
+            let keys = optikon_runtime::kv::keys(&hub.js, subject::CHART_INDEX_BUCKET)
                 .await
                 .map_err(|e| internal("list charts", e))?;
             for key in keys {
@@ -231,12 +226,7 @@ pub async fn matching_clusters(
     hub: &Hub,
     selector: &LabelSelector,
 ) -> Result<Vec<ClusterRecord>, ApiError> {
-    let keys: Vec<String> = hub
-        .clusters
-        .keys()
-        .await
-        .map_err(|e| internal("list clusters", e))?
-        .try_collect()
+    let keys = optikon_runtime::kv::keys(&hub.js, subject::CLUSTERS_BUCKET)
         .await
         .map_err(|e| internal("list clusters", e))?;
     let mut matching = Vec::new();
