@@ -12,6 +12,7 @@
 //! state `failed` and a reason.
 
 mod catalog;
+mod drift;
 mod history;
 mod objects;
 mod readiness;
@@ -36,6 +37,7 @@ use self::history::{History, StoredRecord};
 use self::objects::Placed;
 use self::render::RenderRequest;
 
+pub use self::drift::{Correction, DeployedRelease, Drift, DriftReport};
 pub use self::history::{GENERATION_LABEL, HISTORY_MAX, REQUEST_ID_ANNOTATION};
 
 /// Field manager of Optikon's server-side applies.
@@ -51,6 +53,9 @@ pub struct ClusterTarget {
     /// Refreshed before each render, and after CRDs are created.
     catalog: RwLock<Arc<ApiCatalog>>,
     wait: Duration,
+    /// Drift correction's memory: each object's `resourceVersion` as last seen right after
+    /// putting it in place; an object still at that version cannot have drifted.
+    drift_seen: drift::Seen,
 }
 
 /// The newest Helm record of a release.
@@ -239,6 +244,7 @@ impl ClusterTarget {
             kube_version: version.git_version,
             catalog: RwLock::new(Arc::new(catalog)),
             wait: DEFAULT_WAIT,
+            drift_seen: drift::Seen::default(),
         })
     }
 
@@ -600,6 +606,15 @@ impl ClusterTarget {
             Err(Halt::Error(error)) => return Err(error),
         }
         if let Err(reason) = self.record_new(&release, &desired.request_id).await? {
+            // When the apply failed too, that failure is what the user must see first (a
+            // namespace being deleted refuses both the objects and the record).
+            let reason = match release.info.status {
+                Status::Failed => format!(
+                    "{} (and the failed revision {} could not be recorded)",
+                    release.info.description, release.version
+                ),
+                _ => reason,
+            };
             return Ok(Outcome::failed(reason).with_chart(&chart));
         }
         if release.info.status == Status::Deployed {

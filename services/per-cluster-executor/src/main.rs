@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use optikon_runtime::args::{NatsArgs, TelemetryArgs};
-use optikon_runtime::shutdown::Shutdown;
 use per_cluster_executor::{Executor, ExecutorConfig};
 
 #[derive(Debug, Parser)]
@@ -27,20 +27,30 @@ struct Args {
     /// Commands worked on at once (never two of one release).
     #[arg(long, env = "OPTIKON_CONCURRENCY", default_value_t = 4)]
     concurrency: usize,
+    /// Seconds before a command a dead executor held is handed to another (or a restarted)
+    /// one; a live executor keeps extending it while it works.
+    #[arg(long, env = "OPTIKON_ACK_WAIT_SECONDS", default_value_t = 30)]
+    ack_wait_seconds: u64,
+    /// Seconds between drift checks of the deployed releases (0: no drift correction).
+    #[arg(long, env = "OPTIKON_DRIFT_CHECK_SECONDS", default_value_t = 15)]
+    drift_check_seconds: u64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    optikon_runtime::telemetry::init(&args.telemetry, "per-cluster-executor");
     optikon_core::names::validate_cluster_name(&args.cluster)?;
-    let shutdown = Shutdown::on_signals();
-    let client = optikon_runtime::connect(&args.nats, "per-cluster-executor").await?;
+    let (client, shutdown) =
+        optikon_runtime::start_service(&args.nats, &args.telemetry, "per-cluster-executor").await?;
     let config = ExecutorConfig {
         cluster: args.cluster,
         helm: args.helm,
         max_attempts: args.max_attempts,
         concurrency: args.concurrency.max(1),
+        // Progress is sent every third of it; below 3 s that would be chatty for nothing.
+        ack_wait: Duration::from_secs(args.ack_wait_seconds.max(3)),
+        drift_interval: (args.drift_check_seconds > 0)
+            .then(|| Duration::from_secs(args.drift_check_seconds)),
     };
     if let Some(executor) = Executor::start(client.clone(), config, &shutdown).await {
         Arc::new(executor).run(shutdown).await?;

@@ -40,7 +40,11 @@ fn install(service: &'static str, format: LogFormat, default_filter: &str, to_st
     let registry = tracing_subscriber::registry().with(otel);
     let result = match (format, to_stderr) {
         (LogFormat::Text, false) => registry
-            .with(tracing_subscriber::fmt::layer().with_target(false).with_filter(filter))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_filter(filter),
+            )
             .try_init(),
         (LogFormat::Text, true) => registry
             .with(

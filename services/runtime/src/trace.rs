@@ -34,10 +34,11 @@ pub fn inject(headers: &mut HeaderMap) {
 /// Makes `span` a child of the trace context found in `headers`, if any.
 pub fn adopt(span: &tracing::Span, headers: Option<&HeaderMap>) {
     if let Some(headers) = headers
-        && headers.get("traceparent").is_some() {
-            let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
-            let _ = span.set_parent(parent);
-        }
+        && headers.get("traceparent").is_some()
+    {
+        let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+        let _ = span.set_parent(parent);
+    }
 }
 
 /// Headers for a new message: the trace context, plus a dedup id when given.

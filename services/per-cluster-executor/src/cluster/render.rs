@@ -130,6 +130,13 @@ pub(crate) async fn render(
             .map_err(|_| "helm template printed output that is not UTF-8".to_owned());
         return Ok(text);
     }
+    if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&output.status) {
+        // Killed (e.g. the executor's shutdown reached helm too): says nothing of the chart.
+        return Err(ClusterError::io(
+            "render with helm template",
+            std::io::Error::other(format!("helm was killed by signal {signal}")),
+        ));
+    }
     let stderr = String::from_utf8_lossy(&output.stderr);
     Ok(Err(failure_reason(&stderr, &chart_dir)))
 }
