@@ -1,0 +1,241 @@
+//! `optikon-bench`: measures Optikon on the real test bed and writes BENCHMARKS.md.
+//!
+//! Three parts in one run, so their figures share the machine's conditions: the same chart on
+//! N real clusters by Optikon and by helm loops ([`fleet`]), executor replicas against one
+//! cluster ([`scaling`]), and where the time of one install goes ([`steps`]). A benchmark, not
+//! a test: nothing here passes or fails on time.
+
+pub mod bed;
+pub mod cpu;
+pub mod fleet;
+pub mod logs;
+pub mod machine;
+pub mod report;
+pub mod scaling;
+pub mod stats;
+pub mod steps;
+pub mod table;
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Parser, ValueEnum};
+
+use crate::bed::{Bench, GIB_PER_SITE, Layout};
+use crate::machine::Machine;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "optikon-bench",
+    about = "Benchmarks Optikon against helm loops on real clusters; writes BENCHMARKS.md"
+)]
+pub struct Args {
+    /// A smoke run: fewer repetitions and releases (figures not worth quoting).
+    #[arg(long, env = "OPTIKON_BENCH_QUICK")]
+    pub quick: bool,
+    /// The larger fleet size compared with 3 clusters.
+    #[arg(long, env = "OPTIKON_BENCH_LARGE", default_value_t = 8)]
+    pub large: usize,
+    /// Repetitions per method and fleet size, and of the step breakdown (default 5; 2 with --quick).
+    #[arg(long, env = "OPTIKON_BENCH_REPS")]
+    pub reps: Option<usize>,
+    /// Rounds per executor count (default 2; 1 with --quick).
+    #[arg(long, env = "OPTIKON_BENCH_SCALING_REPS")]
+    pub scaling_reps: Option<usize>,
+    /// Releases installed at once per executor-scaling round (default 40; 12 with --quick).
+    #[arg(long, env = "OPTIKON_BENCH_RELEASES")]
+    pub releases: Option<usize>,
+    /// Run only these parts (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub parts: Vec<Part>,
+    /// Where to write the report.
+    #[arg(long, env = "OPTIKON_BENCH_OUT", default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+    /// The command line to record in the report (scripts/bench passes its own).
+    #[arg(long, env = "OPTIKON_BENCH_COMMAND")]
+    pub command: Option<String>,
+    /// How the services were built, for the report (scripts/bench passes it).
+    #[arg(long, env = "OPTIKON_BENCH_BUILD", default_value = "unknown")]
+    pub build: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Part {
+    Fleet,
+    Scaling,
+    Steps,
+}
+
+/// What one run is set to do.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub sizes: Vec<usize>,
+    pub reps: usize,
+    pub scaling_reps: usize,
+    pub releases: usize,
+    pub executor_counts: Vec<usize>,
+    pub parts: Vec<Part>,
+}
+
+impl Plan {
+    pub fn from_args(args: &Args) -> anyhow::Result<Plan> {
+        if args.large < 1 {
+            bail!("--large must be at least 1");
+        }
+        let mut sizes = vec![3.min(args.large), args.large];
+        sizes.dedup();
+        let parts = if args.parts.is_empty() {
+            vec![Part::Fleet, Part::Scaling, Part::Steps]
+        } else {
+            args.parts.clone()
+        };
+        Ok(Plan {
+            sizes,
+            reps: args.reps.unwrap_or(if args.quick { 2 } else { 5 }).max(1),
+            scaling_reps: args
+                .scaling_reps
+                .unwrap_or(if args.quick { 1 } else { 2 })
+                .max(1),
+            releases: args
+                .releases
+                .unwrap_or(if args.quick { 12 } else { 40 })
+                .max(1),
+            executor_counts: vec![1, 2, 4],
+            parts,
+        })
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout {
+            fleet: if self.parts.contains(&Part::Fleet) {
+                *self.sizes.iter().max().unwrap_or(&0)
+            } else {
+                0
+            },
+            sizes: self.sizes.clone(),
+            scaling: self.parts.contains(&Part::Scaling),
+            steps: self.parts.contains(&Part::Steps),
+        }
+    }
+}
+
+/// Runs the benchmark and writes the report.
+pub fn main(args: Args) -> anyhow::Result<()> {
+    let plan = Plan::from_args(&args)?;
+    let machine = Machine::read();
+    let layout = plan.layout();
+    let sites = layout.sites().len();
+    let needed = sites as f64 * GIB_PER_SITE + 1.0;
+    if machine.mem_available_gib < needed {
+        bail!(
+            "{sites} edge sites need about {needed:.1} GiB, only {:.1} GiB is available: \
+             choose a smaller --large",
+            machine.mem_available_gib
+        );
+    }
+    eprintln!(
+        "== starting the test bed: {sites} edge sites with real clusters ({:.1} GiB available)",
+        machine.mem_available_gib
+    );
+    let started = std::time::Instant::now();
+    let testbed = Bench::start_testbed(&layout)?;
+    let startup = started.elapsed().as_secs_f64();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut results = report::Results {
+        machine,
+        command: args
+            .command
+            .clone()
+            .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
+        build: args.build.clone(),
+        quick: args.quick,
+        plan: plan.clone(),
+        sites,
+        startup_seconds: startup,
+        ..report::Results::default()
+    };
+    let outcome: anyhow::Result<()> = runtime.block_on(async {
+        let mut bench = Bench::new(testbed, layout).await?;
+        bench.wait_ready().await?;
+        results.available_after_start_gib = Machine::available_gib();
+        results.idle_cores = bench.idle_cores(10).await;
+        if plan.parts.contains(&Part::Fleet) {
+            eprintln!(
+                "== part 1: Optikon vs helm loops on {:?} clusters",
+                plan.sizes
+            );
+            results.fleet = fleet::run_all(&bench, &plan.sizes, plan.reps).await?;
+        }
+        if plan.parts.contains(&Part::Scaling) {
+            eprintln!(
+                "== part 2: {} releases at once with 1, 2, 4 executors",
+                plan.releases
+            );
+            results.scaling = Some(
+                scaling::run(
+                    &mut bench,
+                    &plan.executor_counts,
+                    plan.releases,
+                    plan.scaling_reps,
+                )
+                .await?,
+            );
+        }
+        if plan.parts.contains(&Part::Steps) {
+            eprintln!("== part 3: where one install's time goes");
+            results.steps = Some(steps::run(&mut bench, plan.reps).await?);
+        }
+        results.total_seconds = started.elapsed().as_secs_f64();
+        // Drop the test bed (stops every process) outside the async context.
+        let testbed = bench.testbed;
+        tokio::task::spawn_blocking(move || drop(testbed)).await?;
+        Ok(())
+    });
+    outcome?;
+    let text = report::markdown(&results);
+    print!("{}", report::terminal(&results));
+    std::fs::write(&args.out, text)?;
+    eprintln!("== wrote {}", args.out.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_are_consistent() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn plans() {
+        let quick = Plan::from_args(&Args::parse_from(["optikon-bench", "--quick"])).unwrap();
+        assert_eq!(
+            (quick.sizes.clone(), quick.reps, quick.releases),
+            (vec![3, 8], 2, 12)
+        );
+        let small = Plan::from_args(&Args::parse_from(["optikon-bench", "--large", "3"])).unwrap();
+        assert_eq!(small.sizes, vec![3]);
+        let only =
+            Plan::from_args(&Args::parse_from(["optikon-bench", "--parts", "steps"])).unwrap();
+        let layout = only.layout();
+        assert_eq!(layout.sites().len(), 1);
+        assert_eq!(layout.sites()[0].name, bed::STEPS_SITE);
+        let all = Plan::from_args(&Args::parse_from(["optikon-bench"])).unwrap();
+        let sites = all.layout().sites();
+        assert_eq!(sites.len(), 10);
+        assert_eq!(
+            sites[2].labels.get("first3").map(String::as_str),
+            Some("yes")
+        );
+        assert!(!sites[3].labels.contains_key("first3"));
+        assert_eq!(
+            sites[7].labels.get("first8").map(String::as_str),
+            Some("yes")
+        );
+    }
+}

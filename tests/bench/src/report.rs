@@ -1,0 +1,270 @@
+//! BENCHMARKS.md: the machine, the command, the tables, one sentence per bottleneck.
+
+use std::fmt::Write as _;
+
+use crate::Plan;
+use crate::fleet::{self, FleetResult};
+use crate::machine::Machine;
+use crate::scaling::{self, ScalingResult};
+use crate::steps::{self, StepsResult};
+
+#[derive(Debug, Clone)]
+pub struct Results {
+    pub machine: Machine,
+    pub command: String,
+    pub build: String,
+    pub quick: bool,
+    pub plan: Plan,
+    pub sites: usize,
+    pub startup_seconds: f64,
+    pub available_after_start_gib: f64,
+    /// Cores the test bed used while idle.
+    pub idle_cores: f64,
+    pub total_seconds: f64,
+    pub fleet: Vec<FleetResult>,
+    pub scaling: Option<ScalingResult>,
+    pub steps: Option<StepsResult>,
+}
+
+impl Default for Results {
+    fn default() -> Self {
+        Results {
+            machine: Machine::read(),
+            command: String::new(),
+            build: String::new(),
+            quick: false,
+            plan: Plan {
+                sizes: Vec::new(),
+                reps: 0,
+                scaling_reps: 0,
+                releases: 0,
+                executor_counts: Vec::new(),
+                parts: Vec::new(),
+            },
+            sites: 0,
+            startup_seconds: 0.0,
+            available_after_start_gib: 0.0,
+            idle_cores: 0.0,
+            total_seconds: 0.0,
+            fleet: Vec::new(),
+            scaling: None,
+            steps: None,
+        }
+    }
+}
+
+pub fn markdown(r: &Results) -> String {
+    let mut out = String::new();
+    let m = &r.machine;
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Written by `scripts/bench` (the `optikon-bench` program in `tests/bench`); every figure \
+         below comes from the one run described here — run it again to refresh them. A \
+         benchmark, not a test: nothing in `cargo test` depends on time.\n"
+    );
+    if r.quick {
+        let _ = writeln!(
+            out,
+            "> **Smoke run (`--quick`)**: few repetitions; do not quote these figures.\n"
+        );
+    }
+    let used = (m.mem_available_gib - r.available_after_start_gib).max(0.0);
+    let _ = writeln!(out, "| run | |\n| --- | --- |");
+    let _ = writeln!(out, "| command | `{}` |", r.command);
+    let _ = writeln!(out, "| date (UTC) | {} |", m.date);
+    let _ = writeln!(
+        out,
+        "| machine | `nproc` {}, {:.1} GiB memory ({:.1} GiB available at start), {} |",
+        m.nproc, m.mem_total_gib, m.mem_available_gib, m.cpu_model
+    );
+    let _ = writeln!(out, "| load average at start | {} |", m.load_average);
+    let _ = writeln!(out, "| services built | {} |", r.build);
+    let _ = writeln!(
+        out,
+        "| test bed | {} edge sites, each a real Kubernetes control plane (etcd, kube-apiserver, \
+         controller-manager, scheduler, kwok) with a leaf nats-server, executor and prober; \
+         started in {:.0} s; memory available fell by {:.1} GiB ({:.2} GiB per site); idle, \
+         it used {:.2} cores ({:.3} per site) |",
+        r.sites,
+        r.startup_seconds,
+        used,
+        used / r.sites.max(1) as f64,
+        r.idle_cores,
+        r.idle_cores / r.sites.max(1) as f64
+    );
+    let _ = writeln!(out, "| whole run | {:.0} s |\n", r.total_seconds);
+    let _ = writeln!(
+        out,
+        "**Noise.** The machine is shared: other builds and test beds run beside the benchmark, \
+         so absolute times move from run to run (±20 % and more). Quote the ratios, which \
+         compare methods measured minutes apart in the same run, and read the \"CPU busy\" \
+         column (all cores, every process on the machine) to see how crowded a run was. \
+         Figures are medians over the repetitions, (min–max) beside them.\n"
+    );
+
+    if !r.fleet.is_empty() {
+        let _ = writeln!(
+            out,
+            "## 1. One chart on N real clusters: Optikon vs helm loops\n"
+        );
+        let _ = writeln!(
+            out,
+            "The chart `helm create` makes (a Deployment, Service and ServiceAccount), packaged \
+             once; the same `.tgz` bytes and the same values (`replicaCount=2`) for every \
+             method, release namespace `default`. Per run a fresh release name; after each run \
+             the release is removed (untimed) and the benchmark waits until its pods are gone \
+             and one more second, so every run starts on idle clusters. One untimed warm-up \
+             round per size (edge chart caches, helm's discovery cache). Methods, in rotating \
+             order, {} repetitions each:\n",
+            r.plan.reps
+        );
+        let _ = writeln!(
+            out,
+            "- **Optikon**: `optikon install <release> benchapp --version 0.1.0 -l <selector> \
+             --set replicaCount=2` (the chart was pushed before), timed from start until the \
+             command exits, which it does when every cluster reported `deployed` — the \
+             executor waits until the Deployment's pods are available.\n\
+             - **helm loop, sequential**: `helm upgrade --install <release> benchapp-0.1.0.tgz \
+             -n default --set replicaCount=2 --wait --kubeconfig <cluster>` once per cluster, \
+             one after another — what a shell `for` loop does.\n\
+             - **helm loop, all at once**: the same commands started together, timed until the \
+             last one exits.\n"
+        );
+        let largest = r.fleet.iter().map(|f| f.size).max().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "Why N = {largest} at most: memory would hold several times more sites (about \
+             {:.1} GiB of the {:.1} GiB available were left after start), but the {} shared \
+             cores are the scarcer resource — each idle site costs CPU (see the test bed row \
+             above) and the helm loops start N helm processes — so larger N would measure the \
+             crowding more than the methods.\n",
+            r.available_after_start_gib, r.machine.mem_available_gib, r.machine.nproc
+        );
+        let _ = writeln!(out, "{}", fleet::table(&r.fleet).render());
+        let _ = writeln!(
+            out,
+            "\"÷ Optikon\" is the method's median over Optikon's median in the same run; \"per \
+             cluster\" is the median divided by N. Readiness: `helm --wait` and the executor \
+             wait for the same thing (the Deployment's replicas updated and available), but \
+             helm 3 polls every 2 s and the executor every 0.5 s, which is part of the \
+             difference per cluster.\n"
+        );
+        let _ = writeln!(out, "**Bottleneck at each scale.**\n");
+        let smallest = r.fleet.iter().min_by_key(|f| f.size);
+        for result in &r.fleet {
+            if let Some(sentence) = fleet::bottleneck(result, smallest) {
+                let _ = writeln!(out, "- {sentence}");
+            }
+        }
+        let _ = writeln!(out);
+    }
+
+    if let Some(s) = &r.scaling {
+        let _ = writeln!(out, "## 2. Executor replicas against one cluster\n");
+        let _ = writeln!(
+            out,
+            "{} small releases (the same chart, `replicaCount=1`), one install request each, \
+             all sent at once through the client library to one site; timed until every \
+             request reported `deployed`, then removed (untimed). The site runs 1, 2 or 4 \
+             executor replicas sharing its durable consumer, each working on {} commands at \
+             once (its default). {} round(s) per count, the order alternating.\n",
+            s.releases, s.concurrency, r.plan.scaling_reps
+        );
+        let _ = writeln!(out, "{}", scaling::throughput_table(s).render());
+        let _ = writeln!(
+            out,
+            "CPU used meanwhile, in cores (CPU seconds ÷ wall seconds; the machine has {}). \
+             `helm template` runs are the executors' child processes; \"everything else\" is \
+             the other idle sites of this test bed, other people's work on the machine and \
+             the benchmark itself:\n",
+            r.machine.nproc
+        );
+        let _ = writeln!(out, "{}", scaling::cpu_table(s).render());
+        let _ = writeln!(out, "**What limits it.**\n");
+        for sentence in scaling::bottlenecks(s) {
+            let _ = writeln!(out, "- {sentence}");
+        }
+        let _ = writeln!(out);
+    }
+
+    if let Some(s) = &r.steps {
+        let _ = writeln!(out, "## 3. Where one install's time goes\n");
+        let _ = writeln!(
+            out,
+            "One release (`replicaCount=2`) on one cluster, {} repetitions after a warm-up, \
+             nothing else running on that site. The steps run between consecutive timestamps, \
+             so they add up to the total: the client's clock at publish and when it sees the \
+             request complete; JetStream's store times of the request (`RELEASE_REQUESTS`), \
+             the command (`CMD` at the hub, `CMD_LOCAL` at the edge), the `deployed` status \
+             (`STATUS` at the edge, `STATUS_HUB` at the hub) and the request record \
+             (`requests` bucket); the executor's log events (`command received`, `chart \
+             fetched` with `fetch_ms`, the per-object `applied` debug events, `revision \
+             recorded`); a wrapper around helm noting when `helm template` starts and ends; \
+             and a watch on the Deployment for when the cluster made it available.\n",
+            s.runs.len()
+        );
+        let _ = writeln!(out, "{}", steps::table(s).render());
+        if let Some(cold) = s.cold_fetch_ms {
+            let _ = writeln!(
+                out,
+                "The first install on the site fetched the chart from the hub's object store \
+                 instead of the edge cache: {cold:.0} ms.\n"
+            );
+        }
+        if let Some(sentence) = steps::bottleneck(s) {
+            let _ = writeln!(out, "**Bottleneck.** {sentence}\n");
+        }
+    }
+
+    let _ = writeln!(out, "## Not measured yet\n");
+    let _ = writeln!(
+        out,
+        "- **Control-plane scale** (100, 1,000 and 10,000 simulated edge agents): the hub's \
+         routing, the `STATUS_HUB` aggregate and the leaf links at that fan-out. It needs a \
+         topology change first — many simulated edges per leaf node instead of one leaf \
+         nats-server and one Kubernetes control plane per edge (≈ 0.45 GiB each, so about \
+         40 on this machine) — and is left out until then."
+    );
+    out
+}
+
+/// What the terminal shows at the end: the same report.
+pub fn terminal(r: &Results) -> String {
+    markdown(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::Method;
+
+    #[test]
+    fn report_holds_tables_and_the_gap() {
+        let mut fleet = FleetResult {
+            size: 3,
+            ..FleetResult::default()
+        };
+        fleet.seconds.insert(Method::Optikon, vec![2.0, 2.2, 1.8]);
+        fleet
+            .seconds
+            .insert(Method::HelmSequential, vec![9.0, 9.5, 8.5]);
+        fleet
+            .seconds
+            .insert(Method::HelmParallel, vec![4.0, 4.4, 3.6]);
+        fleet.busy.insert(Method::Optikon, vec![50.0]);
+        fleet.optikon_slowest_execute = vec![1.5];
+        let results = Results {
+            command: "scripts/bench".into(),
+            fleet: vec![fleet],
+            ..Results::default()
+        };
+        let text = markdown(&results);
+        assert!(text.contains("| command | `scripts/bench` |"), "{text}");
+        assert!(text.contains("4.5×"), "{text}");
+        assert!(text.contains("2.0×"), "{text}");
+        assert!(text.contains("N = 3: Optikon took 2.00 s"), "{text}");
+        assert!(text.contains("Control-plane scale"), "{text}");
+        assert!(!text.contains("## 2."), "{text}");
+    }
+}
