@@ -200,11 +200,18 @@ impl Bench {
             .args(["package", CHART_NAME, "--version", CHART_VERSION]);
         run(package).await?.ok("helm package")?;
         let bytes = std::fs::read(&self.chart)?;
-        self.client
-            .push_chart(&bytes, false)
-            .await
-            .context("push the chart")?;
-        Ok(())
+        // chart-ingest may still be starting: retry until it answers.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match self.client.push_chart(&bytes, false).await {
+                Ok(_) => return Ok(()),
+                Err(error) if Instant::now() < deadline => {
+                    eprintln!("  chart push not taken yet ({error}); retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(error) => return Err(error).context("push the chart"),
+            }
+        }
     }
 
     /// helm with its own homes, so the host's repositories and plugins play no part.
