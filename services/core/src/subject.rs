@@ -24,15 +24,17 @@ pub const HEADER_FORCE: &str = "Optikon-Force";
 /// Hub → edge commands: `optikon.cmd.<cluster>.<namespace>.<release>`.
 pub const CMD_STREAM: &str = "CMD";
 pub const CMD_PREFIX: &str = "optikon.cmd";
-/// Edge copy of its own commands, sourced from the hub's `CMD` stream.
-pub const CMD_LOCAL_STREAM: &str = "CMD_LOCAL";
 
 /// Edge → hub status: `optikon.status.<cluster>.heartbeat` and
-/// `optikon.status.<cluster>.release.<namespace>.<release>`, stored at the edge in `STATUS`
-/// and sourced by the hub into `STATUS_HUB`.
+/// `optikon.status.<cluster>.release.<namespace>.<release>`, stored at the edge in
+/// [`status_stream`] and sourced by the hub into one of the [`status_hub_stream`] shards.
 pub const STATUS_PREFIX: &str = "optikon.status";
-pub const STATUS_STREAM: &str = "STATUS";
-pub const STATUS_HUB_STREAM: &str = "STATUS_HUB";
+
+/// The hub's copy of the edges' status is split over this many streams (`STATUS_HUB_00` …),
+/// each sourcing the status streams of the clusters hashed to it ([`status_hub_shard`]). One
+/// stream would carry every cluster's source in its config, which at a few thousand clusters
+/// no longer fits in one message; shards also keep each registration's update small.
+pub const STATUS_HUB_SHARDS: u32 = 16;
 
 /// Request progress events: `optikon.event.request.<id>`, stored in `EVENTS`.
 pub const EVENT_REQUEST_PREFIX: &str = "optikon.event.request";
@@ -50,6 +52,36 @@ pub const CLUSTERS_BUCKET: &str = "clusters";
 pub const DESIRED_BUCKET: &str = "desired";
 pub const RELEASES_BUCKET: &str = "releases";
 pub const REQUESTS_BUCKET: &str = "requests";
+
+/// Edge copy of one cluster's commands (`CMD_LOCAL_<cluster>`), sourced from the hub's
+/// `CMD`. Named per cluster, not per site, so one leaf node may serve several clusters.
+pub fn cmd_local_stream(cluster: &str) -> String {
+    format!("CMD_LOCAL_{}", token(cluster))
+}
+
+/// Edge store of one cluster's status and heartbeats (`STATUS_<cluster>`).
+pub fn status_stream(cluster: &str) -> String {
+    format!("STATUS_{}", token(cluster))
+}
+
+/// Which `STATUS_HUB` shard sources `cluster`'s status: FNV-1a of the name, so every
+/// service and every version agree without a lookup.
+pub fn status_hub_shard(cluster: &str) -> u32 {
+    let hash = cluster.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    hash % STATUS_HUB_SHARDS
+}
+
+/// Name of one `STATUS_HUB` shard.
+pub fn status_hub_stream(shard: u32) -> String {
+    format!("STATUS_HUB_{shard:02}")
+}
+
+/// The `STATUS_HUB` shard holding `cluster`'s status at the hub.
+pub fn status_hub_stream_for(cluster: &str) -> String {
+    status_hub_stream(status_hub_shard(cluster))
+}
 
 /// Escapes a name for use as one subject token or KV key part. Release names may contain
 /// `.`; Kubernetes names never contain `_`, so the mapping is one-to-one.
@@ -145,6 +177,23 @@ mod tests {
             "optikon.cmd.copenhagen-1.default.web_v2"
         );
         assert_eq!(untoken("web_v2"), "web.v2");
+    }
+
+    #[test]
+    fn per_cluster_streams_and_shards() {
+        assert_eq!(cmd_local_stream("copenhagen-1"), "CMD_LOCAL_copenhagen-1");
+        assert_eq!(status_stream("copenhagen-1"), "STATUS_copenhagen-1");
+        // Fixed by the hash, so a change of the hash (which would orphan sources) shows here.
+        assert_eq!(status_hub_stream_for("copenhagen-1"), "STATUS_HUB_11");
+        let mut per_shard = vec![0; STATUS_HUB_SHARDS as usize];
+        for i in 0..10_000 {
+            per_shard[status_hub_shard(&format!("sim-{i:05}")) as usize] += 1;
+        }
+        // Roughly even: no shard more than 20 % off the mean of 625.
+        assert!(
+            per_shard.iter().all(|&n| (500..=750).contains(&n)),
+            "{per_shard:?}"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The health-prober: measures one edge cluster and reports heartbeats.
 //!
-//! Heartbeats go into the site's own `STATUS` stream, which the hub sources; while the link
+//! Heartbeats go into the cluster's own `STATUS_<cluster>` stream at its site, which the hub sources; while the link
 //! is down they wait at the edge and reach the hub when it returns, and the hub meanwhile
 //! shows the cluster as unreachable from the age of the last heartbeat it has.
 

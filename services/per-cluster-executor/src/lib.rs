@@ -4,7 +4,7 @@
 //! Level-triggered: a command is a nudge. An older generation than the newest command for
 //! the same release is reported `superseded`, a generation the cluster's Helm record already
 //! carries is not applied again, so redelivery, duplicates and reordering are harmless.
-//! Everything it needs is at the edge (commands in `CMD_LOCAL`, charts in `chart-cache`), so
+//! Everything it needs is at the edge (commands in `CMD_LOCAL_<cluster>`, charts in `chart-cache`), so
 //! it keeps working while the link to the hub is down.
 //!
 //! Crash safety: a command is acknowledged only once its outcome is reported; while one is
@@ -145,7 +145,7 @@ impl Executor {
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) -> Result<(), ExecutorError> {
         let stream = self
             .local
-            .get_stream(subject::CMD_LOCAL_STREAM)
+            .get_stream(subject::cmd_local_stream(&self.config.cluster))
             .await
             .map_err(nats_err)?;
         // Create or update: an existing consumer takes this build's ack wait.
@@ -391,9 +391,13 @@ impl Executor {
         }
     }
 
-    /// Whether `CMD_LOCAL`'s source has been silent for longer than its heartbeats allow.
+    /// Whether `CMD_LOCAL_<cluster>`'s source has been silent for longer than its heartbeats allow.
     async fn source_stalled(&self) -> bool {
-        let Ok(mut stream) = self.local.get_stream(subject::CMD_LOCAL_STREAM).await else {
+        let Ok(mut stream) = self
+            .local
+            .get_stream(subject::cmd_local_stream(&self.config.cluster))
+            .await
+        else {
             return false;
         };
         let Ok(info) = stream.info().await else {
@@ -435,7 +439,7 @@ impl Executor {
     async fn command_subjects(&self) -> Result<Vec<String>, String> {
         let stream = self
             .local
-            .get_stream(subject::CMD_LOCAL_STREAM)
+            .get_stream(subject::cmd_local_stream(&self.config.cluster))
             .await
             .map_err(|e| e.to_string())?;
         let info = stream
@@ -654,7 +658,7 @@ impl Executor {
     async fn commands_of(&self, subject: &str) -> Result<Vec<DesiredRelease>, String> {
         let stream = self
             .local
-            .get_stream(subject::CMD_LOCAL_STREAM)
+            .get_stream(subject::cmd_local_stream(&self.config.cluster))
             .await
             .map_err(|e| e.to_string())?;
         let consumer = stream
@@ -696,7 +700,7 @@ impl Executor {
     async fn newest_command(&self, subject: &str) -> Result<Option<DesiredRelease>, String> {
         let stream = self
             .local
-            .get_stream(subject::CMD_LOCAL_STREAM)
+            .get_stream(subject::cmd_local_stream(&self.config.cluster))
             .await
             .map_err(|e| e.to_string())?;
         match stream.get_last_raw_message_by_subject(subject).await {
@@ -810,7 +814,7 @@ impl Executor {
         .await
     }
 
-    /// Publishes a status event into the site's `STATUS` stream (the hub sources it whenever
+    /// Publishes a status event into the cluster's `STATUS_<cluster>` stream (the hub sources it whenever
     /// the link is up), retrying while the local server is unavailable.
     async fn publish_status(&self, status: ReleaseStatus) {
         let body = serde_json::to_vec(&status).expect("status serializes");

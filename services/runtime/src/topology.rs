@@ -1,11 +1,12 @@
 //! The JetStream streams, KV buckets and object stores Optikon needs, created idempotently
 //! by whichever service starts first.
 //!
-//! Hub (domain `hub`): `RELEASE_REQUESTS`, `CMD`, `EVENTS`, `STATUS_HUB` (sources every edge's
-//! `STATUS`), KV `clusters`, `desired`, `releases`, `requests`, `chart-index`, object stores
-//! `charts` and `chart-uploads`. Edge (its own domain): `CMD_LOCAL` (sources the hub's `CMD`,
-//! filtered to the site), `STATUS`, object store `chart-cache`. Retention is deliberate: see
-//! docs/nats.md.
+//! Hub (domain `hub`): `RELEASE_REQUESTS`, `CMD`, `EVENTS`, `STATUS_HUB_00` … `_15` (each
+//! sources the status streams of the clusters hashed to it), KV `clusters`, `desired`,
+//! `releases`, `requests`, `chart-index`, object stores `charts` and `chart-uploads`. Edge (its
+//! own domain, one leaf node), per cluster it serves: `CMD_LOCAL_<cluster>` (sources the hub's
+//! `CMD`, filtered to the cluster) and `STATUS_<cluster>`; object store `chart-cache`.
+//! Retention is deliberate: see docs/nats.md.
 
 use std::time::Duration;
 
@@ -160,20 +161,22 @@ pub async fn ensure_hub(js: &jetstream::Context) -> Result<(), TopologyError> {
         },
     )
     .await?;
-    // STATUS_HUB has no subjects of its own: it only sources the edges' STATUS streams, so a
-    // status published live over the leaf link is never stored twice.
-    // Its sources are added one by one as edges register, so an existing one is kept as is.
-    ensure_stream_exists(
-        js,
-        stream::Config {
-            name: subject::STATUS_HUB_STREAM.into(),
-            max_age: 7 * DAY,
-            max_bytes: 4 << 30,
-            max_messages_per_subject: STATUS_KEPT_PER_SUBJECT,
-            ..Default::default()
-        },
-    )
-    .await?;
+    // The STATUS_HUB shards have no subjects of their own: they only source the edges'
+    // status streams, so a status published live over the leaf link is never stored twice.
+    // Their sources are added as edges register, so an existing shard is kept as it is.
+    for shard in 0..subject::STATUS_HUB_SHARDS {
+        ensure_stream_exists(
+            js,
+            stream::Config {
+                name: subject::status_hub_stream(shard),
+                max_age: 7 * DAY,
+                max_bytes: (4 << 30) / i64::from(subject::STATUS_HUB_SHARDS),
+                max_messages_per_subject: STATUS_KEPT_PER_SUBJECT,
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
     for (bucket, history) in [
         (subject::CLUSTERS_BUCKET, 1),
         (subject::DESIRED_BUCKET, 16),
@@ -222,12 +225,13 @@ pub async fn ensure_hub(js: &jetstream::Context) -> Result<(), TopologyError> {
     Ok(())
 }
 
-/// Everything an edge site holds. `js` must be the edge's own JetStream (its leaf node).
+/// Everything an edge site holds for one cluster. `js` must be the edge's own JetStream (its
+/// leaf node); a leaf node serving several clusters holds this once per cluster.
 pub async fn ensure_edge(js: &jetstream::Context, cluster: &str) -> Result<(), TopologyError> {
     ensure_stream(
         js,
         stream::Config {
-            name: subject::STATUS_STREAM.into(),
+            name: subject::status_stream(cluster),
             subjects: vec![subject::status_for(cluster)],
             max_age: 7 * DAY,
             max_bytes: 256 << 20,
@@ -239,7 +243,7 @@ pub async fn ensure_edge(js: &jetstream::Context, cluster: &str) -> Result<(), T
     ensure_stream(
         js,
         stream::Config {
-            name: subject::CMD_LOCAL_STREAM.into(),
+            name: subject::cmd_local_stream(cluster),
             max_messages_per_subject: COMMANDS_KEPT_PER_RELEASE,
             sources: Some(vec![stream::Source {
                 name: subject::CMD_STREAM.into(),
@@ -267,31 +271,92 @@ pub async fn ensure_edge(js: &jetstream::Context, cluster: &str) -> Result<(), T
     Ok(())
 }
 
-/// Makes the hub's `STATUS_HUB` source the `STATUS` stream of the edge in `domain`.
-/// Returns whether a source was added (false: it was there already).
-pub async fn add_edge_source(js: &jetstream::Context, domain: &str) -> Result<bool, TopologyError> {
-    let name = subject::STATUS_HUB_STREAM;
-    let mut stream = js.get_stream(name).await.map_err(|e| stream_err(name, e))?;
-    let info = stream.info().await.map_err(|e| stream_err(name, e))?;
-    let mut config = info.config.clone();
-    let api = subject::js_api_prefix(domain);
-    let sources = config.sources.get_or_insert_with(Vec::new);
-    if sources
-        .iter()
-        .any(|s| s.external.as_ref().is_some_and(|e| e.api_prefix == api))
-    {
-        return Ok(false);
+/// A cluster whose status the hub should source: its name and the JetStream domain of the
+/// leaf node that holds its `STATUS_<cluster>` stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeStatusSource {
+    pub domain: String,
+    pub cluster: String,
+}
+
+impl EdgeStatusSource {
+    fn source(&self) -> stream::Source {
+        stream::Source {
+            name: subject::status_stream(&self.cluster),
+            external: Some(stream::External {
+                api_prefix: subject::js_api_prefix(&self.domain),
+                delivery_prefix: Some(subject::hub_delivery_prefix(&self.cluster)),
+            }),
+            ..Default::default()
+        }
     }
-    sources.push(stream::Source {
-        name: subject::STATUS_STREAM.into(),
-        external: Some(stream::External {
-            api_prefix: api,
-            delivery_prefix: Some(subject::hub_delivery_prefix(domain)),
-        }),
-        ..Default::default()
-    });
-    js.update_stream(config)
+
+    fn is(&self, source: &stream::Source) -> bool {
+        source.name == subject::status_stream(&self.cluster)
+            && source.external.as_ref().map(|e| e.api_prefix.as_str())
+                == Some(subject::js_api_prefix(&self.domain).as_str())
+    }
+}
+
+/// Makes the hub's `STATUS_HUB` shards source the status streams of these clusters, with one
+/// stream update per shard touched however many clusters register at once. Returns the
+/// clusters newly sourced (the others were sourced already).
+///
+/// A cluster that moved to another domain gets its old source replaced.
+pub async fn add_edge_sources(
+    js: &jetstream::Context,
+    edges: &[EdgeStatusSource],
+) -> Result<Vec<EdgeStatusSource>, TopologyError> {
+    let mut by_shard: std::collections::BTreeMap<u32, Vec<&EdgeStatusSource>> =
+        std::collections::BTreeMap::new();
+    for edge in edges {
+        by_shard
+            .entry(subject::status_hub_shard(&edge.cluster))
+            .or_default()
+            .push(edge);
+    }
+    let mut added = Vec::new();
+    for (shard, edges) in by_shard {
+        let name = subject::status_hub_stream(shard);
+        // Read-modify-write of the shard's config: if another router replica updates the
+        // same shard in between, the update fails on the changed config and is retried.
+        let newly = with_retries(&name, || async {
+            let mut stream = js.get_stream(&name).await.map_err(|e| e.to_string())?;
+            let info = stream.info().await.map_err(|e| e.to_string())?;
+            let mut config = info.config.clone();
+            let sources = config.sources.get_or_insert_with(Vec::new);
+            let mut newly = Vec::new();
+            for edge in &edges {
+                if sources.iter().any(|s| edge.is(s)) || newly.contains(*edge) {
+                    continue;
+                }
+                let stream_name = subject::status_stream(&edge.cluster);
+                sources.retain(|s| s.name != stream_name);
+                sources.push(edge.source());
+                newly.push((*edge).clone());
+            }
+            if !newly.is_empty() {
+                js.update_stream(config).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(newly)
+        })
         .await
-        .map_err(|e| stream_err(name, e))?;
-    Ok(true)
+        .map_err(|e| stream_err(&name, e))?;
+        added.extend(newly);
+    }
+    Ok(added)
+}
+
+/// Makes the hub source the status of one cluster; see [`add_edge_sources`]. Returns whether
+/// a source was added (false: it was there already).
+pub async fn add_edge_source(
+    js: &jetstream::Context,
+    domain: &str,
+    cluster: &str,
+) -> Result<bool, TopologyError> {
+    let edge = EdgeStatusSource {
+        domain: domain.to_owned(),
+        cluster: cluster.to_owned(),
+    };
+    Ok(!add_edge_sources(js, &[edge]).await?.is_empty())
 }

@@ -5,9 +5,11 @@
 //! router replicas); every fold keeps the newest by generation or time, so the result is
 //! the same whatever the order.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use futures::{StreamExt, TryStreamExt};
 use optikon_core::message::{
     ApiError, ApiVersion, ClusterRecord, Heartbeat, ReleaseState, ReleaseStatus, RequestStatus,
     decode,
@@ -16,47 +18,110 @@ use optikon_core::subject;
 use optikon_runtime::shutdown::Shutdown;
 
 use crate::request::publish_event;
-use crate::{Hub, consume, internal, read, write_if};
+use crate::{Hub, consume_batches, internal, read, write_if};
 
 const CONSUMER: &str = "status-fold";
+/// Messages folded in one pass: a fan-out to thousands of clusters answers with thousands of
+/// statuses for one request, and each pass rewrites that request's record once.
+const BATCH: usize = 512;
+/// KV updates in flight at once within a pass.
+const CONCURRENCY: usize = 32;
 
+/// Folds every `STATUS_HUB` shard, each through its own durable consumer.
 pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
-    let ack_wait = Duration::from_secs(30);
-    let retry = Duration::from_secs(1);
-    consume(
-        &hub,
-        subject::STATUS_HUB_STREAM,
-        CONSUMER,
-        false, // folding does not depend on order
-        ack_wait,
-        retry,
-        shutdown,
-        |message| {
-            let hub = hub.clone();
-            async move { fold_message(&hub, &message).await }
-        },
-    )
-    .await
+    let shards = (0..subject::STATUS_HUB_SHARDS).map(|shard| {
+        let hub = hub.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let stream = subject::status_hub_stream(shard);
+            consume_batches(
+                &hub,
+                &stream,
+                CONSUMER,
+                BATCH,
+                Duration::from_secs(30),
+                Duration::from_secs(1),
+                shutdown,
+                |messages| {
+                    let hub = hub.clone();
+                    async move { fold_batch(&hub, &messages).await }
+                },
+            )
+            .await
+        }
+    });
+    futures::future::try_join_all(shards).await?;
+    Ok(())
 }
 
-async fn fold_message(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiError> {
-    if message.subject.ends_with(".heartbeat") {
-        match decode::<Heartbeat>("heartbeat", &message.payload) {
-            Ok(heartbeat) => fold_heartbeat(hub, heartbeat).await,
-            Err(error) => {
-                tracing::warn!(%error, subject = %message.subject, "dropping malformed heartbeat");
-                Ok(())
+/// Folds a batch: the newest heartbeat per cluster, the newest status per release, and per
+/// request every status of the batch in one update of its record.
+async fn fold_batch(hub: &Hub, messages: &[jetstream::Message]) -> Result<(), ApiError> {
+    let mut heartbeats: BTreeMap<String, Heartbeat> = BTreeMap::new();
+    let mut statuses = Vec::new();
+    for message in messages {
+        if message.subject.ends_with(".heartbeat") {
+            match decode::<Heartbeat>("heartbeat", &message.payload) {
+                Ok(heartbeat) => {
+                    let newest = heartbeats
+                        .entry(heartbeat.cluster.clone())
+                        .or_insert_with(|| heartbeat.clone());
+                    if heartbeat.at > newest.at {
+                        *newest = heartbeat;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, subject = %message.subject, "dropping malformed heartbeat");
+                }
             }
-        }
-    } else {
-        match decode::<ReleaseStatus>("release status", &message.payload) {
-            Ok(status) => fold_release_status(hub, status).await,
-            Err(error) => {
-                tracing::warn!(%error, subject = %message.subject, "dropping malformed status");
-                Ok(())
+        } else {
+            match decode::<ReleaseStatus>("release status", &message.payload) {
+                Ok(status) => statuses.push(status),
+                Err(error) => {
+                    tracing::warn!(%error, subject = %message.subject, "dropping malformed status");
+                }
             }
         }
     }
+    futures::stream::iter(heartbeats.into_values().map(|h| fold_heartbeat(hub, h)))
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+
+    // Superseded says nothing about what runs on the cluster: only the request cares.
+    let mut newest: BTreeMap<String, &ReleaseStatus> = BTreeMap::new();
+    for status in statuses
+        .iter()
+        .filter(|s| s.state != ReleaseState::Superseded)
+    {
+        let key = subject::release_key(&status.cluster, &status.namespace, &status.release);
+        match newest.get(&key) {
+            Some(old) if !newer(status, old) => {}
+            _ => {
+                newest.insert(key, status);
+            }
+        }
+    }
+    futures::stream::iter(newest.into_iter().map(|(key, s)| fold_release(hub, key, s)))
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+
+    let mut by_request: BTreeMap<&str, Vec<&ReleaseStatus>> = BTreeMap::new();
+    for status in &statuses {
+        by_request
+            .entry(&status.request_id)
+            .or_default()
+            .push(status);
+    }
+    futures::stream::iter(
+        by_request
+            .into_iter()
+            .map(|(id, s)| fold_into_request(hub, id, s)),
+    )
+    .buffer_unordered(CONCURRENCY)
+    .try_collect::<()>()
+    .await
 }
 
 /// Keeps the newest heartbeat of a cluster; the first one registers an unknown cluster.
@@ -98,54 +163,57 @@ fn newer(new: &ReleaseStatus, old: &ReleaseStatus) -> bool {
     (new.generation, new.state.is_final(), new.at) > (old.generation, old.state.is_final(), old.at)
 }
 
-pub async fn fold_release_status(hub: &Hub, status: ReleaseStatus) -> Result<(), ApiError> {
-    // Superseded says nothing about what runs on the cluster: only the request cares.
-    if status.state != ReleaseState::Superseded {
-        let key = subject::release_key(&status.cluster, &status.namespace, &status.release);
-        let mut written = false;
-        for _ in 0..20 {
-            let current = read::<ReleaseStatus>(&hub.releases, &key).await?;
-            if let Some((old, _)) = &current
-                && !newer(&status, old)
-            {
-                written = true;
-                break;
-            }
-            if write_if(&hub.releases, &key, &status, current.map(|(_, r)| r)).await? {
-                written = true;
-                break;
-            }
+/// Keeps the newest status of one release on one cluster in the `releases` bucket.
+async fn fold_release(hub: &Hub, key: String, status: &ReleaseStatus) -> Result<(), ApiError> {
+    for _ in 0..20 {
+        let current = read::<ReleaseStatus>(&hub.releases, &key).await?;
+        if let Some((old, _)) = &current
+            && !newer(status, old)
+        {
+            return Ok(());
         }
-        if !written {
-            return Err(internal(
-                "fold release status",
-                "too many concurrent updates",
-            ));
+        if write_if(&hub.releases, &key, status, current.map(|(_, r)| r)).await? {
+            return Ok(());
         }
     }
-    fold_into_request(hub, &status).await
+    Err(internal(
+        "fold release status",
+        "too many concurrent updates",
+    ))
 }
 
-async fn fold_into_request(hub: &Hub, status: &ReleaseStatus) -> Result<(), ApiError> {
-    let key = subject::token(&status.request_id);
+/// Folds statuses of one request into its record, in one write, and announces the result.
+async fn fold_into_request(
+    hub: &Hub,
+    request_id: &str,
+    statuses: Vec<&ReleaseStatus>,
+) -> Result<(), ApiError> {
+    let key = subject::token(request_id);
     for _ in 0..20 {
         let Some((mut request, revision)) = read::<RequestStatus>(&hub.requests, &key).await?
         else {
             // Not a request this hub knows (expired, or made elsewhere): nothing to track.
             return Ok(());
         };
-        let Some(progress) = request.clusters.get_mut(&status.cluster) else {
-            return Ok(());
-        };
-        if progress.generation != status.generation
-            || (progress.state.is_final() && !status.state.is_final())
-            || (progress.state == status.state && progress.revision == status.revision)
-        {
+        let mut changed = false;
+        for status in &statuses {
+            let Some(progress) = request.clusters.get_mut(&status.cluster) else {
+                continue;
+            };
+            if progress.generation != status.generation
+                || (progress.state.is_final() && !status.state.is_final())
+                || (progress.state == status.state && progress.revision == status.revision)
+            {
+                continue;
+            }
+            progress.state = status.state;
+            progress.revision = status.revision;
+            progress.reason = status.reason.clone();
+            changed = true;
+        }
+        if !changed {
             return Ok(());
         }
-        progress.state = status.state;
-        progress.revision = status.revision;
-        progress.reason = status.reason.clone();
         if write_if(&hub.requests, &key, &request, Some(revision)).await? {
             return publish_event(hub, &request).await;
         }

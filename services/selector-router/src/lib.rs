@@ -2,7 +2,7 @@
 //!
 //! - [`request`]: release requests from `RELEASE_REQUESTS` become desired state per matching
 //!   cluster (KV `desired`, optimistic concurrency) and one command each on `CMD`.
-//! - [`fold`]: status from the edges (`STATUS_HUB`) is folded into the cluster registry,
+//! - [`fold`]: status from the edges (the `STATUS_HUB` shards) is folded into the cluster registry,
 //!   the release list and each request's progress, and announced on
 //!   `optikon.event.request.<id>`.
 //! - [`registry`]: edges announce themselves; the hub starts sourcing their status.
@@ -116,6 +116,73 @@ where
                 tracing::warn!(stream, %error, subject = %message.subject, "will be retried");
                 let _ = message.ack_with(AckKind::Nak(Some(retry))).await;
             }
+        }
+    }
+}
+
+/// Like [`consume`], but hands over every message that is ready at once (up to `batch`), so
+/// the handler can fold many in one pass: the batch is acked when `handle` succeeds and
+/// redelivered as a whole after `retry` when it fails (handlers must be idempotent).
+pub(crate) async fn consume_batches<F, Fut>(
+    hub: &Hub,
+    stream: &str,
+    durable: &str,
+    batch: usize,
+    ack_wait: Duration,
+    retry: Duration,
+    shutdown: Shutdown,
+    mut handle: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(Vec<jetstream::Message>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ApiError>>,
+{
+    let consumer = hub
+        .js
+        .get_stream(stream)
+        .await?
+        .get_or_create_consumer(
+            durable,
+            consumer::pull::Config {
+                durable_name: Some(durable.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait,
+                max_ack_pending: (4 * batch) as i64,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut chunks = consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .messages()
+        .await?
+        .ready_chunks(batch);
+    loop {
+        let chunk = tokio::select! {
+            c = chunks.next() => match c { Some(c) => c, None => return Ok(()) },
+            _ = shutdown.wait() => return Ok(()),
+        };
+        let mut messages = Vec::with_capacity(chunk.len());
+        for message in chunk {
+            match message {
+                Ok(message) => messages.push(message),
+                Err(error) => tracing::warn!(stream, %error, "consumer interrupted"),
+            }
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        let outcome = handle(messages.clone()).await;
+        let ack = match &outcome {
+            Ok(()) => AckKind::Ack,
+            Err(error) => {
+                tracing::warn!(stream, %error, messages = messages.len(), "will be retried");
+                AckKind::Nak(Some(retry))
+            }
+        };
+        for message in &messages {
+            let _ = message.ack_with(ack.clone()).await;
         }
     }
 }

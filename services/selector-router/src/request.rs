@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use futures::{StreamExt, TryStreamExt};
 use optikon_core::message::{
     Action, ApiError, ApiVersion, ChartIndexEntry, ChartPin, ChartRef, ClusterProgress,
     ClusterRecord, DesiredRelease, ErrorCode, ReleaseRequest, ReleaseState, RequestStatus,
@@ -99,12 +100,19 @@ async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiError>
     };
 
     // Desired state first, then the request's status, then the commands: an edge can only
-    // answer a command whose request status already exists to be updated.
-    let mut commands = Vec::new();
-    for cluster in &plan.clusters {
-        let desired = set_desired(hub, &request, cluster, plan.chart.clone()).await?;
+    // answer a command whose request status already exists to be updated. Each step works
+    // on many clusters at once; a fan-out to thousands is round trips, not computation.
+    let desired: Vec<DesiredRelease> = futures::stream::iter(
+        plan.clusters
+            .iter()
+            .map(|cluster| set_desired(hub, &request, cluster, plan.chart.clone())),
+    )
+    .buffered(CONCURRENCY)
+    .try_collect()
+    .await?;
+    for desired in &desired {
         status.clusters.insert(
-            cluster.name.clone(),
+            desired.cluster.clone(),
             ClusterProgress {
                 generation: desired.generation,
                 state: ReleaseState::Pending,
@@ -112,12 +120,27 @@ async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiError>
                 reason: None,
             },
         );
-        commands.push(desired);
     }
     let status = merge_status(hub, status).await?;
-    for desired in &commands {
+    publish_commands(hub, &request.id, &desired).await?;
+    tracing::info!(id = %request.id, targets = desired.len(), "commands sent");
+    publish_event(hub, &status).await
+}
+
+/// KV reads and writes, and command publishes, in flight at once for one request.
+const CONCURRENCY: usize = 64;
+
+/// Publishes one command per cluster, pipelined: up to [`CONCURRENCY`] wait for their
+/// store acknowledgement at once. `Nats-Msg-Id: <request>.<cluster>` makes a repeat after a
+/// crash a duplicate JetStream drops.
+async fn publish_commands(
+    hub: &Hub,
+    request_id: &str,
+    commands: &[DesiredRelease],
+) -> Result<(), ApiError> {
+    futures::stream::iter(commands.iter().map(|desired| async move {
         let body = serde_json::to_vec(desired).expect("command serializes");
-        let msg_id = format!("{}.{}", request.id, desired.cluster);
+        let msg_id = format!("{request_id}.{}", desired.cluster);
         hub.js
             .publish_with_headers(
                 subject::command(&desired.cluster, &desired.namespace, &desired.release),
@@ -128,9 +151,11 @@ async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiError>
             .map_err(|e| internal("publish command", e))?
             .await
             .map_err(|e| internal("store command", e))?;
-    }
-    tracing::info!(id = %request.id, targets = commands.len(), "commands sent");
-    publish_event(hub, &status).await
+        Ok::<_, ApiError>(())
+    }))
+    .buffer_unordered(CONCURRENCY)
+    .try_collect::<()>()
+    .await
 }
 
 /// What a valid request resolves to.
@@ -229,14 +254,19 @@ pub async fn matching_clusters(
     let keys = optikon_runtime::kv::keys(&hub.js, subject::CLUSTERS_BUCKET)
         .await
         .map_err(|e| internal("list clusters", e))?;
-    let mut matching = Vec::new();
-    for key in keys {
-        if let Some((record, _)) = read::<ClusterRecord>(&hub.clusters, &key).await?
-            && selector.matches(&record.labels)
-        {
-            matching.push(record);
-        }
-    }
+    let records: Vec<Option<(ClusterRecord, u64)>> = futures::stream::iter(
+        keys.iter()
+            .map(|key| read::<ClusterRecord>(&hub.clusters, key)),
+    )
+    .buffered(CONCURRENCY)
+    .try_collect()
+    .await?;
+    let mut matching: Vec<ClusterRecord> = records
+        .into_iter()
+        .flatten()
+        .map(|(record, _)| record)
+        .filter(|record| selector.matches(&record.labels))
+        .collect();
     matching.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(matching)
 }

@@ -196,8 +196,8 @@ pub fn markdown(r: &Results) -> String {
              nothing else running on that site. The steps run between consecutive timestamps, \
              so they add up to the total: the client's clock at publish and when it sees the \
              request complete; JetStream's store times of the request (`RELEASE_REQUESTS`), \
-             the command (`CMD` at the hub, `CMD_LOCAL` at the edge), the `deployed` status \
-             (`STATUS` at the edge, `STATUS_HUB` at the hub) and the request record \
+             the command (`CMD` at the hub, `CMD_LOCAL_<cluster>` at the edge), the `deployed` status \
+             (`STATUS_<cluster>` at the edge, its `STATUS_HUB_<shard>` at the hub) and the request record \
              (`requests` bucket); the executor's log events (`command received`, `chart \
              fetched` with `fetch_ms`, the per-object `applied` debug events, `revision \
              recorded`); a wrapper around helm noting when `helm template` starts and ends; \

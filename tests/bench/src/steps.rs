@@ -25,7 +25,7 @@ const REPLICAS: u32 = 2;
 pub const STEPS: [&str; 15] = [
     "client → request stored (hub JetStream)",
     "router: request → command stored in `CMD` (hub)",
-    "NATS hop: `CMD` (hub) → `CMD_LOCAL` (edge)",
+    "NATS hop: `CMD` (hub) → `CMD_LOCAL_<cluster>` (edge)",
     "executor picks the command up",
     "newest-generation and record checks, `pending` status",
     "chart fetch (edge cache)",
@@ -35,7 +35,7 @@ pub const STEPS: [&str; 15] = [
     "readiness: pods scheduled and Running (cluster side)",
     "readiness noticed (0.5 s poll) + release record written",
     "`deployed` status stored at the edge",
-    "status hop: `STATUS` (edge) → `STATUS_HUB` (hub)",
+    "status hop: `STATUS_<cluster>` (edge) → `STATUS_HUB_<shard>` (hub)",
     "router folds status into the request",
     "client sees the request complete",
 ];
@@ -169,9 +169,9 @@ async fn once(
         .get_raw_message(ack.sequence)
         .await?
         .time;
-    let stored_last = |js: jetstream::Context, stream: &'static str, subject: String| async move {
+    let stored_last = |js: jetstream::Context, stream: String, subject: String| async move {
         let message = js
-            .get_stream(stream)
+            .get_stream(&stream)
             .await?
             .get_last_raw_message_by_subject(&subject)
             .await
@@ -179,10 +179,16 @@ async fn once(
         anyhow::Ok(message.time)
     };
     let local = jetstream::new(edge.clone());
-    let command_hub = stored_last(hub.clone(), subject::CMD_STREAM, command.clone()).await?;
-    let command_edge = stored_last(local.clone(), subject::CMD_LOCAL_STREAM, command).await?;
-    let status_edge = stored_last(local, subject::STATUS_STREAM, status.clone()).await?;
-    let status_hub = stored_last(hub, subject::STATUS_HUB_STREAM, status).await?;
+    let command_hub = stored_last(hub.clone(), subject::CMD_STREAM.into(), command.clone()).await?;
+    let command_edge = stored_last(
+        local.clone(),
+        subject::cmd_local_stream(STEPS_SITE),
+        command,
+    )
+    .await?;
+    let status_edge =
+        stored_last(local, subject::status_stream(STEPS_SITE), status.clone()).await?;
+    let status_hub = stored_last(hub, subject::status_hub_stream_for(STEPS_SITE), status).await?;
 
     let events = logs::events_in(&bench.executor_logs(STEPS_SITE), release);
     let at = |message: &str| logs::first(&events, message).map(|e: &Event| e.at);

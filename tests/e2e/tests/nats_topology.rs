@@ -37,9 +37,9 @@ async fn connect_and_set_up(testbed: &Testbed) -> anyhow::Result<Sites> {
         let client = optikon_runtime::connect_url(&edge.nats_url(), "test").await?;
         let js = jetstream::new(client.clone());
         topology::ensure_edge(&js, &edge.site.name).await?;
-        assert!(topology::add_edge_source(&hub_js, &edge.site.name).await?);
+        assert!(topology::add_edge_source(&hub_js, &edge.site.name, &edge.site.name).await?);
         // A second registration of the same edge changes nothing.
-        assert!(!topology::add_edge_source(&hub_js, &edge.site.name).await?);
+        assert!(!topology::add_edge_source(&hub_js, &edge.site.name, &edge.site.name).await?);
         edges.insert(edge.site.name.clone(), (client, js));
     }
     Ok(Sites { hub, hub_js, edges })
@@ -81,16 +81,16 @@ async fn commands_reach_only_their_edge_and_status_comes_back() -> anyhow::Resul
     let edge1 = &sites.edges[c1].1;
     let edge2 = &sites.edges[c2].1;
     eventually(
-        "command in copenhagen-1's CMD_LOCAL",
+        "command in copenhagen-1's CMD_LOCAL_copenhagen-1",
         Duration::from_secs(20),
         || async {
-            let got = stream_payloads(edge1, subject::CMD_LOCAL_STREAM).await?;
+            let got = stream_payloads(edge1, &subject::cmd_local_stream(c1)).await?;
             Ok((got == ["cmd-for-1"]).then_some(()))
         },
     )
     .await?;
     assert!(
-        stream_payloads(edge2, subject::CMD_LOCAL_STREAM)
+        stream_payloads(edge2, &subject::cmd_local_stream(c2))
             .await?
             .is_empty(),
         "copenhagen-2 must not receive copenhagen-1's commands"
@@ -104,10 +104,10 @@ async fn commands_reach_only_their_edge_and_status_comes_back() -> anyhow::Resul
         .await?
         .await?;
     eventually(
-        "status in the hub's STATUS_HUB",
+        "status in the hub's STATUS_HUB shard",
         Duration::from_secs(20),
         || async {
-            let got = stream_payloads(&sites.hub_js, subject::STATUS_HUB_STREAM).await?;
+            let got = stream_payloads(&sites.hub_js, &subject::status_hub_stream_for(c1)).await?;
             Ok((got == ["status-from-1"]).then_some(()))
         },
     )
@@ -222,7 +222,7 @@ async fn a_cut_link_loses_and_duplicates_nothing() -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        stream_payloads(&edge_js, subject::CMD_LOCAL_STREAM)
+        stream_payloads(&edge_js, &subject::cmd_local_stream(site))
             .await?
             .is_empty(),
         "nothing can cross a cut link"
@@ -235,7 +235,7 @@ async fn a_cut_link_loses_and_duplicates_nothing() -> anyhow::Result<()> {
         "all commands at the edge, once each, in order",
         Duration::from_secs(60),
         || async {
-            let got = stream_payloads(&edge_js, subject::CMD_LOCAL_STREAM).await?;
+            let got = stream_payloads(&edge_js, &subject::cmd_local_stream(site)).await?;
             if got.len() > N {
                 anyhow::bail!(
                     "duplicates at the edge: {} messages for {N} commands",
@@ -251,7 +251,7 @@ async fn a_cut_link_loses_and_duplicates_nothing() -> anyhow::Result<()> {
         "all status at the hub, once each, in order",
         Duration::from_secs(60),
         || async {
-            let got = stream_payloads(&sites.hub_js, subject::STATUS_HUB_STREAM).await?;
+            let got = stream_payloads(&sites.hub_js, &subject::status_hub_stream_for(site)).await?;
             if got.len() > N {
                 anyhow::bail!(
                     "duplicates at the hub: {} messages for {N} reports",

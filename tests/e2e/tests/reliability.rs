@@ -193,12 +193,13 @@ async fn link_cut_stores_and_forwards_both_ways() -> anyhow::Result<()> {
     let window =
         |at: Timestamp| cut_at.seconds_until(at) > 0.5 && at.seconds_until(restore_at) > 0.5;
     let edge_js = edge_js(&testbed, site).await?;
-    let at_edge: Vec<Timestamp> = stream_messages(&edge_js, subject::STATUS_STREAM, &hb_subject)
-        .await?
-        .iter()
-        .filter_map(|b| heartbeat_at(b))
-        .filter(|at| window(*at))
-        .collect();
+    let at_edge: Vec<Timestamp> =
+        stream_messages(&edge_js, &subject::status_stream(site), &hb_subject)
+            .await?
+            .iter()
+            .filter_map(|b| heartbeat_at(b))
+            .filter(|at| window(*at))
+            .collect();
     let made = at_edge.len();
     let expected = (cut_at.seconds_until(restore_at) / HEARTBEAT_SECONDS as f64) as usize;
     ensure!(
@@ -210,7 +211,7 @@ async fn link_cut_stores_and_forwards_both_ways() -> anyhow::Result<()> {
         Duration::from_secs(30),
         || async {
             let at_hub: Vec<Timestamp> =
-                stream_messages(&js, subject::STATUS_HUB_STREAM, &hb_subject)
+                stream_messages(&js, &subject::status_hub_stream_for(site), &hb_subject)
                     .await?
                     .iter()
                     .filter_map(|b| heartbeat_at(b))
@@ -715,14 +716,15 @@ async fn drift_on_a_cut_off_edge_is_corrected_and_reported() -> anyhow::Result<(
                 .collect()
         };
         let at_edge =
-            during_cut(stream_messages(&edge_js, subject::STATUS_STREAM, &subject).await?);
+            during_cut(stream_messages(&edge_js, &subject::status_stream(site), &subject).await?);
         let made = at_edge.len();
         let at_hub = optikon_e2e::eventually(
             "drift reports reach the hub",
             Duration::from_secs(30),
             || async {
-                let at_hub =
-                    during_cut(stream_messages(&js, subject::STATUS_HUB_STREAM, &subject).await?);
+                let at_hub = during_cut(
+                    stream_messages(&js, &subject::status_hub_stream_for(site), &subject).await?,
+                );
                 Ok((at_hub.len() >= made).then_some(at_hub))
             },
         )
@@ -840,7 +842,7 @@ async fn poison_commands_fail_with_a_reason_and_block_nothing() -> anyhow::Resul
             // Failed for good at the first attempt: one "applying", one "failed".
             let statuses = stream_messages(
                 &edge_js(&testbed, site).await?,
-                subject::STATUS_STREAM,
+                &subject::status_stream(site),
                 &subject::release_status(site, &op.namespace, &op.release),
             )
             .await?;
@@ -1313,7 +1315,7 @@ async fn edge_converge(
             let key = (op.namespace.clone(), op.release.clone());
             if !statuses.contains_key(&key) {
                 let subject = subject::release_status(site, &op.namespace, &op.release);
-                let bodies = stream_messages(&js, subject::STATUS_STREAM, &subject).await?;
+                let bodies = stream_messages(&js, &subject::status_stream(site), &subject).await?;
                 let parsed = bodies
                     .iter()
                     .filter_map(|b| serde_json::from_slice(b).ok())

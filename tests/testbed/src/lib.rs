@@ -423,7 +423,11 @@ impl Testbed {
 
     /// The gateway's base URL (`http://127.0.0.1:PORT/`), when services run.
     pub fn gateway_url(&self) -> Option<String> {
-        let spec = &self.services.iter().find(|s| s.spec.name == "gateway")?.spec;
+        let spec = &self
+            .services
+            .iter()
+            .find(|s| s.spec.name == "gateway")?
+            .spec;
         spec.env
             .iter()
             .find(|(k, _)| k == services::GATEWAY_LISTEN_ENV)
