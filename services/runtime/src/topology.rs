@@ -233,8 +233,11 @@ pub async fn ensure_edge(js: &jetstream::Context, cluster: &str) -> Result<(), T
         stream::Config {
             name: subject::status_stream(cluster),
             subjects: vec![subject::status_for(cluster)],
+            // Bounded by count per subject (one per release, plus the heartbeat) and age, not
+            // by bytes: JetStream reserves a stream's byte limit up front, and a leaf node
+            // serving many clusters would run out of reservable storage long before it ran
+            // out of disk.
             max_age: 7 * DAY,
-            max_bytes: 256 << 20,
             max_messages_per_subject: STATUS_KEPT_PER_SUBJECT,
             ..Default::default()
         },

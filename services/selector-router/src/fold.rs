@@ -5,7 +5,8 @@
 //! router replicas); every fold keeps the newest by generation or time, so the result is
 //! the same whatever the order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -27,10 +28,53 @@ const BATCH: usize = 512;
 /// KV updates in flight at once within a pass.
 const CONCURRENCY: usize = 32;
 
+/// One lock per request id being folded in this process. A fan-out's statuses arrive through
+/// every shard at once; without it the shards' folds would race on the one request record,
+/// each losing most compare-and-set rounds to the others and retrying. Replicas in other
+/// processes are still kept apart by compare-and-set.
+#[derive(Clone, Default)]
+struct RequestLocks(Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl RequestLocks {
+    async fn lock(&self, request_id: &str) -> RequestGuard {
+        let lock = {
+            let mut locks = self.0.lock().expect("request locks");
+            locks.entry(request_id.to_owned()).or_default().clone()
+        };
+        RequestGuard {
+            guard: Some(lock.lock_owned().await),
+            locks: self.clone(),
+            request_id: request_id.to_owned(),
+        }
+    }
+}
+
+/// Holds a request's lock; forgets the lock when no one else waits for it.
+struct RequestGuard {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    locks: RequestLocks,
+    request_id: String,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut locks = self.locks.0.lock().expect("request locks");
+        if locks
+            .get(&self.request_id)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            locks.remove(&self.request_id);
+        }
+    }
+}
+
 /// Folds every `STATUS_HUB` shard, each through its own durable consumer.
 pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
+    let locks = RequestLocks::default();
     let shards = (0..subject::STATUS_HUB_SHARDS).map(|shard| {
         let hub = hub.clone();
+        let locks = locks.clone();
         let shutdown = shutdown.clone();
         async move {
             let stream = subject::status_hub_stream(shard);
@@ -44,7 +88,8 @@ pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
                 shutdown,
                 |messages| {
                     let hub = hub.clone();
-                    async move { fold_batch(&hub, &messages).await }
+                    let locks = locks.clone();
+                    async move { fold_batch(&hub, &locks, &messages).await }
                 },
             )
             .await
@@ -56,7 +101,11 @@ pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
 
 /// Folds a batch: the newest heartbeat per cluster, the newest status per release, and per
 /// request every status of the batch in one update of its record.
-async fn fold_batch(hub: &Hub, messages: &[jetstream::Message]) -> Result<(), ApiError> {
+async fn fold_batch(
+    hub: &Hub,
+    locks: &RequestLocks,
+    messages: &[jetstream::Message],
+) -> Result<(), ApiError> {
     let mut heartbeats: BTreeMap<String, Heartbeat> = BTreeMap::new();
     let mut statuses = Vec::new();
     for message in messages {
@@ -114,11 +163,10 @@ async fn fold_batch(hub: &Hub, messages: &[jetstream::Message]) -> Result<(), Ap
             .or_default()
             .push(status);
     }
-    futures::stream::iter(
-        by_request
-            .into_iter()
-            .map(|(id, s)| fold_into_request(hub, id, s)),
-    )
+    futures::stream::iter(by_request.into_iter().map(|(id, statuses)| async move {
+        let _guard = locks.lock(id).await;
+        fold_into_request(hub, id, statuses).await
+    }))
     .buffer_unordered(CONCURRENCY)
     .try_collect::<()>()
     .await

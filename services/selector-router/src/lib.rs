@@ -6,12 +6,14 @@
 //!   the release list and each request's progress, and announced on
 //!   `optikon.event.request.<id>`.
 //! - [`registry`]: edges announce themselves; the hub starts sourcing their status.
+//! - [`view`]: the cluster registry, followed live, which requests match their selectors in.
 //!
 //! Replicas share the work through durable consumers and queue groups.
 
 pub mod fold;
 pub mod registry;
 pub mod request;
+pub mod view;
 
 use std::time::Duration;
 
@@ -32,13 +34,17 @@ pub struct Hub {
     pub releases: kv::Store,
     pub requests: kv::Store,
     pub chart_index: kv::Store,
+    /// Every cluster record, followed live (see [`view`]).
+    pub cluster_view: view::ClusterView,
 }
 
 impl Hub {
     pub async fn open(js: jetstream::Context) -> anyhow::Result<Self> {
         topology::ensure_hub(&js).await?;
+        let clusters = js.get_key_value(subject::CLUSTERS_BUCKET).await?;
         Ok(Hub {
-            clusters: js.get_key_value(subject::CLUSTERS_BUCKET).await?,
+            cluster_view: view::ClusterView::follow(js.clone(), clusters.clone()),
+            clusters,
             desired: js.get_key_value(subject::DESIRED_BUCKET).await?,
             releases: js.get_key_value(subject::RELEASES_BUCKET).await?,
             requests: js.get_key_value(subject::REQUESTS_BUCKET).await?,
@@ -123,6 +129,7 @@ where
 /// Like [`consume`], but hands over every message that is ready at once (up to `batch`), so
 /// the handler can fold many in one pass: the batch is acked when `handle` succeeds and
 /// redelivered as a whole after `retry` when it fails (handlers must be idempotent).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn consume_batches<F, Fut>(
     hub: &Hub,
     stream: &str,
@@ -182,7 +189,7 @@ where
             }
         };
         for message in &messages {
-            let _ = message.ack_with(ack.clone()).await;
+            let _ = message.ack_with(ack).await;
         }
     }
 }

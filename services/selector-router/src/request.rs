@@ -251,24 +251,7 @@ pub async fn matching_clusters(
     hub: &Hub,
     selector: &LabelSelector,
 ) -> Result<Vec<ClusterRecord>, ApiError> {
-    let keys = optikon_runtime::kv::keys(&hub.js, subject::CLUSTERS_BUCKET)
-        .await
-        .map_err(|e| internal("list clusters", e))?;
-    let records: Vec<Option<(ClusterRecord, u64)>> = futures::stream::iter(
-        keys.iter()
-            .map(|key| read::<ClusterRecord>(&hub.clusters, key)),
-    )
-    .buffered(CONCURRENCY)
-    .try_collect()
-    .await?;
-    let mut matching: Vec<ClusterRecord> = records
-        .into_iter()
-        .flatten()
-        .map(|(record, _)| record)
-        .filter(|record| selector.matches(&record.labels))
-        .collect();
-    matching.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(matching)
+    hub.cluster_view.matching(selector).await
 }
 
 /// Records the desired state of the release on `cluster` for this request, once.

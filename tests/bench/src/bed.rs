@@ -26,6 +26,45 @@ pub const CHART_VERSION: &str = "0.1.0";
 /// idle, 390–435 MiB PSS with a 3-replica Deployment), rounded up.
 pub const GIB_PER_SITE: f64 = 0.45;
 
+/// helm with its homes under `work`, so the host's repositories and plugins play no part.
+pub fn helm_in(helm: &Path, work: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(helm);
+    let home = work.join("helm-home");
+    command
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    command
+}
+
+/// The benchmark chart: what `helm create` makes, packaged by `helm package` in `work`.
+pub async fn package_chart(helm: &Path, work: &Path) -> anyhow::Result<PathBuf> {
+    let mut create = helm_in(helm, work);
+    create.current_dir(work).args(["create", CHART_NAME]);
+    run(create).await?.ok("helm create")?;
+    let mut package = helm_in(helm, work);
+    package
+        .current_dir(work)
+        .args(["package", CHART_NAME, "--version", CHART_VERSION]);
+    run(package).await?.ok("helm package")?;
+    Ok(work.join(format!("{CHART_NAME}-{CHART_VERSION}.tgz")))
+}
+
+/// Pushes a chart, retrying while chart-ingest is still starting.
+pub async fn push_chart(client: &Client, bytes: &[u8]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match client.push_chart(bytes, false).await {
+            Ok(_) => return Ok(()),
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("  chart push not taken yet ({error}); retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(error) => return Err(error).context("push the chart"),
+        }
+    }
+}
+
 /// Which sites the benchmark starts.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -191,38 +230,13 @@ impl Bench {
 
     /// `helm create` + `helm package`, then pushed to Optikon once.
     async fn make_chart(&mut self) -> anyhow::Result<()> {
-        let mut create = self.helm_command();
-        create.current_dir(&self.work).args(["create", CHART_NAME]);
-        run(create).await?.ok("helm create")?;
-        let mut package = self.helm_command();
-        package
-            .current_dir(&self.work)
-            .args(["package", CHART_NAME, "--version", CHART_VERSION]);
-        run(package).await?.ok("helm package")?;
-        let bytes = std::fs::read(&self.chart)?;
-        // chart-ingest may still be starting: retry until it answers.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            match self.client.push_chart(&bytes, false).await {
-                Ok(_) => return Ok(()),
-                Err(error) if Instant::now() < deadline => {
-                    eprintln!("  chart push not taken yet ({error}); retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(error) => return Err(error).context("push the chart"),
-            }
-        }
+        self.chart = package_chart(&self.helm, &self.work).await?;
+        push_chart(&self.client, &std::fs::read(&self.chart)?).await
     }
 
     /// helm with its own homes, so the host's repositories and plugins play no part.
     pub fn helm_command(&self) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(&self.helm);
-        let home = self.work.join("helm-home");
-        command
-            .env("HELM_CACHE_HOME", home.join("cache"))
-            .env("HELM_CONFIG_HOME", home.join("config"))
-            .env("HELM_DATA_HOME", home.join("data"));
-        command
+        helm_in(&self.helm, &self.work)
     }
 
     pub fn kubeconfig(&self, site: &str) -> anyhow::Result<PathBuf> {

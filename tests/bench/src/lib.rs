@@ -1,17 +1,20 @@
 //! `optikon-bench`: measures Optikon on the real test bed and writes BENCHMARKS.md.
 //!
-//! Three parts in one run, so their figures share the machine's conditions: the same chart on
+//! Four parts in one run, so their figures share the machine's conditions: the same chart on
 //! N real clusters by Optikon and by helm loops ([`fleet`]), executor replicas against one
-//! cluster ([`scaling`]), and where the time of one install goes ([`steps`]). A benchmark, not
+//! cluster ([`scaling`]), where the time of one install goes ([`steps`]), and the control
+//! plane at thousands of simulated edges ([`control`], agents in [`sim`]). A benchmark, not
 //! a test: nothing here passes or fails on time.
 
 pub mod bed;
+pub mod control;
 pub mod cpu;
 pub mod fleet;
 pub mod logs;
 pub mod machine;
 pub mod report;
 pub mod scaling;
+pub mod sim;
 pub mod stats;
 pub mod steps;
 pub mod table;
@@ -45,6 +48,12 @@ pub struct Args {
     /// Releases installed at once per executor-scaling round (default 40; 12 with --quick).
     #[arg(long, env = "OPTIKON_BENCH_RELEASES")]
     pub releases: Option<usize>,
+    /// Cluster counts of the control-plane part (default 100,1000,10000; 100,1000 with --quick).
+    #[arg(long, env = "OPTIKON_BENCH_CONTROL_SIZES", value_delimiter = ',')]
+    pub control_sizes: Vec<usize>,
+    /// Leaf nodes carrying the control-plane part's simulated clusters.
+    #[arg(long, env = "OPTIKON_BENCH_LEAVES", default_value_t = 4)]
+    pub leaves: usize,
     /// Run only these parts (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub parts: Vec<Part>,
@@ -64,6 +73,7 @@ pub enum Part {
     Fleet,
     Scaling,
     Steps,
+    ControlPlane,
 }
 
 /// What one run is set to do.
@@ -75,6 +85,7 @@ pub struct Plan {
     pub releases: usize,
     pub executor_counts: Vec<usize>,
     pub parts: Vec<Part>,
+    pub control: control::ControlPlan,
 }
 
 impl Plan {
@@ -85,7 +96,7 @@ impl Plan {
         let mut sizes = vec![3.min(args.large), args.large];
         sizes.dedup();
         let parts = if args.parts.is_empty() {
-            vec![Part::Fleet, Part::Scaling, Part::Steps]
+            vec![Part::Fleet, Part::Scaling, Part::Steps, Part::ControlPlane]
         } else {
             args.parts.clone()
         };
@@ -102,7 +113,28 @@ impl Plan {
                 .max(1),
             executor_counts: vec![1, 2, 4],
             parts,
+            control: control::ControlPlan {
+                sizes: if !args.control_sizes.is_empty() {
+                    args.control_sizes.clone()
+                } else if args.quick {
+                    vec![100, 1000]
+                } else {
+                    vec![100, 1000, 10_000]
+                },
+                leaves: args.leaves.max(1),
+                reps: args.reps.unwrap_or(if args.quick { 2 } else { 5 }).max(1),
+                single_requests: if args.quick { 30 } else { 100 },
+                heartbeat_seconds: 5,
+                idle_seconds: if args.quick { 10 } else { 30 },
+            },
         })
+    }
+
+    /// Whether any part needs the real clusters.
+    pub fn needs_clusters(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Fleet | Part::Scaling | Part::Steps))
     }
 
     pub fn layout(&self) -> Layout {
@@ -123,23 +155,7 @@ impl Plan {
 pub fn main(args: Args) -> anyhow::Result<()> {
     let plan = Plan::from_args(&args)?;
     let machine = Machine::read();
-    let layout = plan.layout();
-    let sites = layout.sites().len();
-    let needed = sites as f64 * GIB_PER_SITE + 1.0;
-    if machine.mem_available_gib < needed {
-        bail!(
-            "{sites} edge sites need about {needed:.1} GiB, only {:.1} GiB is available: \
-             choose a smaller --large",
-            machine.mem_available_gib
-        );
-    }
-    eprintln!(
-        "== starting the test bed: {sites} edge sites with real clusters ({:.1} GiB available)",
-        machine.mem_available_gib
-    );
     let started = std::time::Instant::now();
-    let testbed = Bench::start_testbed(&layout)?;
-    let startup = started.elapsed().as_secs_f64();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -152,11 +168,46 @@ pub fn main(args: Args) -> anyhow::Result<()> {
         build: args.build.clone(),
         quick: args.quick,
         plan: plan.clone(),
-        sites,
-        startup_seconds: startup,
         ..report::Results::default()
     };
-    let outcome: anyhow::Result<()> = runtime.block_on(async {
+    if plan.needs_clusters() {
+        real_clusters(&runtime, &plan, &mut results)?;
+    }
+    if plan.parts.contains(&Part::ControlPlane) {
+        results.control = control::run(&runtime, &plan.control)?;
+    }
+    results.total_seconds = started.elapsed().as_secs_f64();
+    let text = report::markdown(&results);
+    print!("{}", report::terminal(&results));
+    std::fs::write(&args.out, text)?;
+    eprintln!("== wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Parts 1–3, on one test bed of real clusters.
+fn real_clusters(
+    runtime: &tokio::runtime::Runtime,
+    plan: &Plan,
+    results: &mut report::Results,
+) -> anyhow::Result<()> {
+    let layout = plan.layout();
+    let sites = layout.sites().len();
+    let needed = sites as f64 * GIB_PER_SITE + 1.0;
+    let available = results.machine.mem_available_gib;
+    if available < needed {
+        bail!(
+            "{sites} edge sites need about {needed:.1} GiB, only {available:.1} GiB is available: \
+             choose a smaller --large"
+        );
+    }
+    eprintln!(
+        "== starting the test bed: {sites} edge sites with real clusters ({available:.1} GiB available)"
+    );
+    let started = std::time::Instant::now();
+    let testbed = Bench::start_testbed(&layout)?;
+    results.sites = sites;
+    results.startup_seconds = started.elapsed().as_secs_f64();
+    runtime.block_on(async {
         let mut bench = Bench::new(testbed, layout).await?;
         bench.wait_ready().await?;
         results.available_after_start_gib = Machine::available_gib();
@@ -187,18 +238,11 @@ pub fn main(args: Args) -> anyhow::Result<()> {
             eprintln!("== part 3: where one install's time goes");
             results.steps = Some(steps::run(&mut bench, plan.reps).await?);
         }
-        results.total_seconds = started.elapsed().as_secs_f64();
         // Drop the test bed (stops every process) outside the async context.
         let testbed = bench.testbed;
         tokio::task::spawn_blocking(move || drop(testbed)).await?;
-        Ok(())
-    });
-    outcome?;
-    let text = report::markdown(&results);
-    print!("{}", report::terminal(&results));
-    std::fs::write(&args.out, text)?;
-    eprintln!("== wrote {}", args.out.display());
-    Ok(())
+        anyhow::Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -225,7 +269,20 @@ mod tests {
         let layout = only.layout();
         assert_eq!(layout.sites().len(), 1);
         assert_eq!(layout.sites()[0].name, bed::STEPS_SITE);
+        assert_eq!(quick.control.sizes, vec![100, 1000]);
+        assert!(!only.needs_clusters() || only.parts == vec![Part::Steps]);
+        let control = Plan::from_args(&Args::parse_from([
+            "optikon-bench",
+            "--parts",
+            "control-plane",
+            "--control-sizes",
+            "50,500",
+        ]))
+        .unwrap();
+        assert!(!control.needs_clusters());
+        assert_eq!(control.control.sizes, vec![50, 500]);
         let all = Plan::from_args(&Args::parse_from(["optikon-bench"])).unwrap();
+        assert_eq!(all.control.sizes, vec![100, 1000, 10_000]);
         let sites = all.layout().sites();
         assert_eq!(sites.len(), 10);
         assert_eq!(

@@ -3,10 +3,13 @@
 use std::fmt::Write as _;
 
 use crate::Plan;
+use crate::control::{self, ScaleResult};
 use crate::fleet::{self, FleetResult};
 use crate::machine::Machine;
 use crate::scaling::{self, ScalingResult};
+use crate::stats::Summary;
 use crate::steps::{self, StepsResult};
+use crate::table::Table;
 
 #[derive(Debug, Clone)]
 pub struct Results {
@@ -24,6 +27,7 @@ pub struct Results {
     pub fleet: Vec<FleetResult>,
     pub scaling: Option<ScalingResult>,
     pub steps: Option<StepsResult>,
+    pub control: Vec<ScaleResult>,
 }
 
 impl Default for Results {
@@ -40,6 +44,14 @@ impl Default for Results {
                 releases: 0,
                 executor_counts: Vec::new(),
                 parts: Vec::new(),
+                control: control::ControlPlan {
+                    sizes: Vec::new(),
+                    leaves: 0,
+                    reps: 0,
+                    single_requests: 0,
+                    heartbeat_seconds: 0,
+                    idle_seconds: 0,
+                },
             },
             sites: 0,
             startup_seconds: 0.0,
@@ -49,6 +61,7 @@ impl Default for Results {
             fleet: Vec::new(),
             scaling: None,
             steps: None,
+            control: Vec::new(),
         }
     }
 }
@@ -80,19 +93,21 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(out, "| load average at start | {} |", m.load_average);
     let _ = writeln!(out, "| services built | {} |", r.build);
-    let _ = writeln!(
-        out,
-        "| test bed | {} edge sites, each a real Kubernetes control plane (etcd, kube-apiserver, \
+    if r.sites > 0 {
+        let _ = writeln!(
+            out,
+            "| test bed | {} edge sites, each a real Kubernetes control plane (etcd, kube-apiserver, \
          controller-manager, scheduler, kwok) with a leaf nats-server, executor and prober; \
          started in {:.0} s; memory available fell by {:.1} GiB ({:.2} GiB per site); idle, \
          it used {:.2} cores ({:.3} per site) |",
-        r.sites,
-        r.startup_seconds,
-        used,
-        used / r.sites.max(1) as f64,
-        r.idle_cores,
-        r.idle_cores / r.sites.max(1) as f64
-    );
+            r.sites,
+            r.startup_seconds,
+            used,
+            used / r.sites.max(1) as f64,
+            r.idle_cores,
+            r.idle_cores / r.sites.max(1) as f64
+        );
+    }
     let _ = writeln!(out, "| whole run | {:.0} s |\n", r.total_seconds);
     let _ = writeln!(
         out,
@@ -217,15 +232,9 @@ pub fn markdown(r: &Results) -> String {
         }
     }
 
-    let _ = writeln!(out, "## Not measured yet\n");
-    let _ = writeln!(
-        out,
-        "- **Control-plane scale** (100, 1,000 and 10,000 simulated edge agents): the hub's \
-         routing, the `STATUS_HUB` aggregate and the leaf links at that fan-out. It needs a \
-         topology change first — many simulated edges per leaf node instead of one leaf \
-         nats-server and one Kubernetes control plane per edge (≈ 0.45 GiB each, so about \
-         40 on this machine) — and is left out until then."
-    );
+    if !r.control.is_empty() {
+        control_section(&mut out, r);
+    }
     out
 }
 
@@ -234,13 +243,204 @@ pub fn terminal(r: &Results) -> String {
     markdown(r)
 }
 
+fn control_section(out: &mut String, r: &Results) {
+    let plan = &r.plan.control;
+    let _ = writeln!(
+        out,
+        "## 4. The control plane at {} clusters\n",
+        r.control
+            .iter()
+            .map(|c| thousands(c.clusters))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "Per size a fresh hub — nats-server (JetStream domain `hub`), selector-router, \
+         chart-ingest and gateway as release builds — and {} leaf nats-servers, each dialling \
+         the hub through a relay as in the test bed and each carrying an even share of the \
+         clusters. Each cluster is served by a simulated edge agent (`optikon-sim-edges`, \
+         `tests/bench/src/sim.rs`): per cluster it creates the real edge streams \
+         (`CMD_LOCAL_<cluster>` sourcing the hub's `CMD`, `STATUS_<cluster>` sourced by a \
+         `STATUS_HUB_<shard>`), registers with the hub, stores a heartbeat every {} s, and \
+         answers every command with a `deployed` status for its generation before \
+         acknowledging it — what the prober and executor put on the wire, without a \
+         Kubernetes cluster behind it. The hub cannot tell these clusters from real ones. \
+         Everything runs on this one machine, agents and leaf nodes included.\n",
+        plan.leaves, plan.heartbeat_seconds
+    );
+    let _ = writeln!(
+        out,
+        "**Fan-out.** One request (`optikon upgrade` through the client library, selector \
+         `fleet=sim`, matching every cluster), timed from publishing it until the hub's \
+         request record shows every cluster acknowledged (`deployed`), as a client watching \
+         the record sees it. An untimed install first, then {} timed upgrades. \"per \
+         cluster\" pools each cluster's own time to acknowledged over those upgrades. CPU \
+         is seconds per fan-out (median):\n",
+        plan.reps
+    );
+    let mut fanout = Table::new(&[
+        "clusters",
+        "all acknowledged",
+        "per cluster p50",
+        "per cluster p99",
+        "commands/s",
+        "CPU hub nats",
+        "CPU router",
+        "CPU leaves",
+        "CPU agents",
+    ])
+    .right_aligned(&[0, 2, 3, 4, 5, 6, 7, 8]);
+    for c in &r.control {
+        let all = Summary::of(&c.fanout_all);
+        let cpu = |name: &str| {
+            c.fanout_cpu
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or("–".into(), |(_, s)| format!("{s:.2} s"))
+        };
+        fanout.push(vec![
+            thousands(c.clusters),
+            all.map_or("–".into(), |s| s.seconds()),
+            format!("{:.2} s", control::percentile(&c.per_cluster, 50.0)),
+            format!("{:.2} s", control::percentile(&c.per_cluster, 99.0)),
+            all.map_or("–".into(), |s| {
+                format!("{:.0}", c.clusters as f64 / s.median)
+            }),
+            cpu("hub nats-server"),
+            cpu("selector-router"),
+            cpu("leaf nats-servers"),
+            cpu("simulated agents"),
+        ]);
+    }
+    let _ = writeln!(out, "{}", fanout.render());
+
+    let _ = writeln!(
+        out,
+        "**Router throughput.** {} install requests sent at once, each matching one \
+         cluster (`cluster=<name>`), timed until all were acknowledged. The router takes \
+         requests strictly in order, one at a time (an uninstall must never overtake the \
+         upgrade before it), so this is its serial rate:\n",
+        plan.single_requests
+    );
+    let mut single =
+        Table::new(&["clusters", "requests", "time", "requests/s"]).right_aligned(&[0, 1, 2, 3]);
+    for c in &r.control {
+        let (n, seconds) = c.single;
+        single.push(vec![
+            thousands(c.clusters),
+            n.to_string(),
+            format!("{seconds:.1} s"),
+            format!("{:.1}", n as f64 / seconds),
+        ]);
+    }
+    let _ = writeln!(out, "{}", single.render());
+
+    let _ = writeln!(
+        out,
+        "**Hub memory and the heartbeat load.** Resident memory (RSS) of the hub's \
+         nats-server and the router with the hub's streams set up and no cluster registered, \
+         then after every cluster registered and heartbeated; \"per 1,000\" is the growth \
+         divided by the clusters. Idle cores: CPU seconds over a {} s window with nothing \
+         asked of the hub but the heartbeats (one per cluster every {} s, folded into the \
+         registry) and JetStream's own health checks of every stream source (one idle \
+         heartbeat per second per source consumer, two per cluster):\n",
+        plan.idle_seconds, plan.heartbeat_seconds
+    );
+    let mut memory = Table::new(&[
+        "clusters",
+        "set-up",
+        "hub nats RSS",
+        "per 1,000",
+        "router RSS",
+        "per 1,000",
+        "heartbeats/s",
+        "idle hub nats",
+        "idle router",
+        "idle leaves",
+        "idle agents",
+    ])
+    .right_aligned(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    for c in &r.control {
+        let per_1000 = |base: f64, now: f64| (now - base) / c.clusters as f64 * 1000.0;
+        let idle = |name: &str| {
+            c.idle_cores
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or("–".into(), |(_, cores)| format!("{cores:.2}"))
+        };
+        memory.push(vec![
+            thousands(c.clusters),
+            format!("{:.0} s", c.setup_seconds),
+            format!("{:.0} → {:.0} MiB", c.hub_rss_base_mib, c.hub_rss_mib),
+            format!("{:.1} MiB", per_1000(c.hub_rss_base_mib, c.hub_rss_mib)),
+            format!("{:.0} → {:.0} MiB", c.router_rss_base_mib, c.router_rss_mib),
+            format!(
+                "{:.1} MiB",
+                per_1000(c.router_rss_base_mib, c.router_rss_mib)
+            ),
+            format!("{:.0}", c.heartbeats_per_second),
+            idle("hub nats-server"),
+            idle("selector-router"),
+            idle("leaf nats-servers"),
+            idle("simulated agents"),
+        ]);
+    }
+    let _ = writeln!(out, "{}", memory.render());
+    let _ = writeln!(out, "**Bottleneck at each scale.**\n");
+    for c in &r.control {
+        let _ = writeln!(out, "- {}", control_bottleneck(c, r.machine.nproc));
+    }
+    let _ = writeln!(out);
+}
+
+/// One sentence per size: where the fan-out's time went, from the CPU it used.
+fn control_bottleneck(c: &ScaleResult, cores: usize) -> String {
+    let Some(all) = Summary::of(&c.fanout_all) else {
+        return format!("{}: no fan-out finished.", thousands(c.clusters));
+    };
+    let total: f64 = c.fanout_cpu.iter().map(|(_, s)| s).sum();
+    let busy = 100.0 * total / (all.median * cores as f64);
+    let mut parts = c.fanout_cpu.clone();
+    parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let named: Vec<String> = parts
+        .iter()
+        .map(|(name, s)| format!("{name} {:.0} %", 100.0 * s / total.max(f64::EPSILON)))
+        .collect();
+    let bound = if busy >= 80.0 {
+        "CPU-bound: the processes measured kept the machine's cores busy"
+    } else {
+        "not CPU-bound: part of the time is waiting on round trips between the parts"
+    };
+    format!(
+        "{}: one fan-out took {:.2} s and {:.1} CPU s ({busy:.0} % of {cores} cores) — {bound}; \
+         the CPU went to {}.",
+        thousands(c.clusters),
+        all.median,
+        total,
+        named.join(", ")
+    )
+}
+
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fleet::Method;
 
     #[test]
-    fn report_holds_tables_and_the_gap() {
+    fn report_holds_the_tables() {
         let mut fleet = FleetResult {
             size: 3,
             ..FleetResult::default()
@@ -257,6 +457,19 @@ mod tests {
         let results = Results {
             command: "scripts/bench".into(),
             fleet: vec![fleet],
+            control: vec![ScaleResult {
+                clusters: 1000,
+                fanout_all: vec![0.8, 0.9, 1.0],
+                per_cluster: (1..=100).map(|i| f64::from(i) / 100.0).collect(),
+                fanout_cpu: vec![
+                    ("hub nats-server".into(), 0.3),
+                    ("selector-router".into(), 0.6),
+                ],
+                single: (100, 20.0),
+                hub_rss_base_mib: 20.0,
+                hub_rss_mib: 120.0,
+                ..ScaleResult::default()
+            }],
             ..Results::default()
         };
         let text = markdown(&results);
@@ -264,7 +477,16 @@ mod tests {
         assert!(text.contains("4.5×"), "{text}");
         assert!(text.contains("2.0×"), "{text}");
         assert!(text.contains("N = 3: Optikon took 2.00 s"), "{text}");
-        assert!(text.contains("Control-plane scale"), "{text}");
+        assert!(
+            text.contains("## 4. The control plane at 1,000 clusters"),
+            "{text}"
+        );
+        // p50 and p99 of the pooled per-cluster times, requests/s, memory per 1,000.
+        assert!(text.contains(" 0.50 s |"), "{text}");
+        assert!(text.contains(" 0.99 s |"), "{text}");
+        assert!(text.contains(" 5.0 |"), "{text}");
+        assert!(text.contains("20 → 120 MiB | 100.0 MiB"), "{text}");
+        assert!(text.contains("selector-router 67 %"), "{text}");
         assert!(!text.contains("## 2."), "{text}");
     }
 }

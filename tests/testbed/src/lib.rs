@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::KubeCluster;
 use crate::link::LinkProxy;
-use crate::nats::{EdgeCredentials, NatsServer};
+use crate::nats::{ClusterScope, EdgeCredentials, NatsServer};
 use crate::services::{ServiceProcess, ServiceSpec};
 use crate::tools::Tools;
 
@@ -117,6 +117,9 @@ pub struct TestbedConfig {
     pub dir: Option<PathBuf>,
     /// Keep `dir` after stopping (for reading logs).
     pub keep_dir: bool,
+    /// Each site's leaf node may carry many clusters (the scale benchmark's simulated
+    /// edges) instead of the one named like the site.
+    pub multi_cluster_sites: bool,
 }
 
 impl Default for TestbedConfig {
@@ -127,6 +130,7 @@ impl Default for TestbedConfig {
             services: false,
             dir: None,
             keep_dir: std::env::var_os("OPTIKON_KEEP_TESTBED").is_some(),
+            multi_cluster_sites: false,
         }
     }
 }
@@ -208,6 +212,11 @@ impl Testbed {
             .map(|s| EdgeCredentials {
                 name: s.name.clone(),
                 password: nats::random_secret(),
+                clusters: if config.multi_cluster_sites {
+                    ClusterScope::Any
+                } else {
+                    ClusterScope::Own
+                },
             })
             .collect();
         let hub_password = nats::random_secret();

@@ -94,6 +94,7 @@ fn up(dir: &Path, sites: Vec<String>, clusters: bool, services: bool) -> anyhow:
         services,
         dir: Some(dir.clone()),
         keep_dir: true,
+        multi_cluster_sites: false,
     })?;
     print_info(&testbed);
     let testbed = Arc::new(Mutex::new(testbed));

@@ -30,11 +30,24 @@ pub fn render(template: &str, values: &BTreeMap<&str, String>) -> Result<String,
     Ok(out)
 }
 
-/// What the hub's config needs to know of one edge.
+/// What the hub's config needs to know of one edge site.
 #[derive(Debug, Clone)]
 pub struct EdgeCredentials {
     pub name: String,
     pub password: String,
+    /// Whose command and status subjects the site's leaf user may use: its own cluster's
+    /// (the site's name), or every cluster's (`*`) for a leaf node carrying many simulated
+    /// clusters in a benchmark.
+    pub clusters: ClusterScope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterScope {
+    /// The site serves the one cluster named like it.
+    Own,
+    /// The site's leaf node carries any number of clusters (the scale benchmark's simulated
+    /// edges): its user may use every cluster's subjects.
+    Any,
 }
 
 pub fn hub_config(
@@ -49,7 +62,13 @@ pub fn hub_config(
     for edge in edges {
         let values = BTreeMap::from([
             ("name", edge.name.clone()),
-            ("token", subject::token(&edge.name)),
+            (
+                "token",
+                match edge.clusters {
+                    ClusterScope::Own => subject::token(&edge.name),
+                    ClusterScope::Any => "*".to_owned(),
+                },
+            ),
             ("domain", edge.name.clone()),
             ("password", edge.password.clone()),
         ]);
@@ -177,6 +196,10 @@ impl NatsServer {
         &mut self.process
     }
 
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Stops and starts the server again with the same config and store (a hub restart).
     pub fn restart(&mut self, binary: &Path) -> Result<(), Error> {
         self.process.stop(Duration::from_secs(10));
@@ -204,15 +227,24 @@ mod tests {
             EdgeCredentials {
                 name: "copenhagen-1".into(),
                 password: "p1".into(),
+                clusters: ClusterScope::Own,
             },
             EdgeCredentials {
                 name: "copenhagen-2".into(),
                 password: "p2".into(),
+                clusters: ClusterScope::Own,
+            },
+            EdgeCredentials {
+                name: "sim-leaf-1".into(),
+                password: "p3".into(),
+                clusters: ClusterScope::Any,
             },
         ];
         let conf = hub_config(1, 2, 3, Path::new("/s"), "h", &edges).unwrap();
         assert!(conf.contains("\"optikon.cmd.copenhagen-1.>\""));
         assert!(conf.contains("\"optikon.status.copenhagen-2.>\""));
         assert!(!conf.contains("optikon.cmd.>"));
+        // Only the leaf node carrying simulated clusters may use any cluster's subjects.
+        assert_eq!(conf.matches("\"optikon.cmd.*.>\"").count(), 1);
     }
 }
