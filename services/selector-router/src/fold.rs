@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+
 use async_nats::jetstream;
 use futures::{StreamExt, TryStreamExt};
 use optikon_core::message::{
@@ -28,53 +30,83 @@ const BATCH: usize = 512;
 /// KV updates in flight at once within a pass.
 const CONCURRENCY: usize = 32;
 
-/// One lock per request id being folded in this process. A fan-out's statuses arrive through
-/// every shard at once; without it the shards' folds would race on the one request record,
-/// each losing most compare-and-set rounds to the others and retrying. Replicas in other
-/// processes are still kept apart by compare-and-set.
+/// Folds statuses into request records: one writer per request in this process, with group
+/// commit. A fan-out's statuses arrive through every shard at once; whatever arrives while
+/// a request's record is being written goes into its next write. Without this the shards
+/// would race on the one record (compare-and-set, retried), and at thousands of clusters
+/// each write of the record — hundreds of KiB — would carry one shard's batch only.
+/// Replicas in other processes are still kept apart by compare-and-set.
 #[derive(Clone, Default)]
-struct RequestLocks(Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+struct RequestFolds(Arc<std::sync::Mutex<HashMap<String, Queue>>>);
 
-impl RequestLocks {
-    async fn lock(&self, request_id: &str) -> RequestGuard {
-        let lock = {
-            let mut locks = self.0.lock().expect("request locks");
-            locks.entry(request_id.to_owned()).or_default().clone()
+/// What waits for the next write of one request's record.
+#[derive(Default)]
+struct Queue {
+    statuses: Vec<ReleaseStatus>,
+    waiting: Vec<oneshot::Sender<Result<(), ApiError>>>,
+}
+
+impl RequestFolds {
+    /// Folds `statuses` into the request's record; returns once a write including them is
+    /// stored (or failed).
+    async fn fold(
+        &self,
+        hub: &Hub,
+        request_id: &str,
+        statuses: Vec<ReleaseStatus>,
+    ) -> Result<(), ApiError> {
+        let (done, written) = oneshot::channel();
+        let lead = {
+            let mut queues = self.0.lock().expect("request folds");
+            match queues.get_mut(request_id) {
+                Some(queue) => {
+                    queue.statuses.extend(statuses);
+                    queue.waiting.push(done);
+                    false
+                }
+                None => {
+                    let waiting = vec![done];
+                    queues.insert(request_id.to_owned(), Queue { statuses, waiting });
+                    true
+                }
+            }
         };
-        RequestGuard {
-            guard: Some(lock.lock_owned().await),
-            locks: self.clone(),
-            request_id: request_id.to_owned(),
+        if lead {
+            // A task of its own: the writer must outlive a caller that gives up (a batch
+            // whose other fold failed), or the queue would wait for it forever.
+            let (folds, hub, id) = (self.clone(), hub.clone(), request_id.to_owned());
+            tokio::spawn(async move { folds.write_until_drained(&hub, &id).await });
         }
+        written
+            .await
+            .unwrap_or_else(|_| Err(internal("fold request progress", "writer stopped")))
     }
-}
 
-/// Holds a request's lock; forgets the lock when no one else waits for it.
-struct RequestGuard {
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-    locks: RequestLocks,
-    request_id: String,
-}
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        let mut locks = self.locks.0.lock().expect("request locks");
-        if locks
-            .get(&self.request_id)
-            .is_some_and(|lock| Arc::strong_count(lock) == 1)
-        {
-            locks.remove(&self.request_id);
+    async fn write_until_drained(&self, hub: &Hub, request_id: &str) {
+        loop {
+            let queue = {
+                let mut queues = self.0.lock().expect("request folds");
+                let queue = queues.get_mut(request_id).expect("the writer's queue");
+                if queue.waiting.is_empty() {
+                    queues.remove(request_id);
+                    return;
+                }
+                std::mem::take(queue)
+            };
+            let result = fold_into_request(hub, request_id, queue.statuses.iter().collect()).await;
+            for done in queue.waiting {
+                let _ = done.send(result.clone());
+            }
         }
     }
 }
 
 /// Folds every `STATUS_HUB` shard, each through its own durable consumer.
 pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
-    let locks = RequestLocks::default();
+    let folds = RequestFolds::default();
     let shards = (0..subject::STATUS_HUB_SHARDS).map(|shard| {
         let hub = hub.clone();
-        let locks = locks.clone();
+        let folds = folds.clone();
         let shutdown = shutdown.clone();
         async move {
             let stream = subject::status_hub_stream(shard);
@@ -88,8 +120,8 @@ pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
                 shutdown,
                 |messages| {
                     let hub = hub.clone();
-                    let locks = locks.clone();
-                    async move { fold_batch(&hub, &locks, &messages).await }
+                    let folds = folds.clone();
+                    async move { fold_batch(&hub, &folds, &messages).await }
                 },
             )
             .await
@@ -103,7 +135,7 @@ pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
 /// request every status of the batch in one update of its record.
 async fn fold_batch(
     hub: &Hub,
-    locks: &RequestLocks,
+    folds: &RequestFolds,
     messages: &[jetstream::Message],
 ) -> Result<(), ApiError> {
     let mut heartbeats: BTreeMap<String, Heartbeat> = BTreeMap::new();
@@ -156,17 +188,18 @@ async fn fold_batch(
         .try_collect::<()>()
         .await?;
 
-    let mut by_request: BTreeMap<&str, Vec<&ReleaseStatus>> = BTreeMap::new();
+    let mut by_request: BTreeMap<&str, Vec<ReleaseStatus>> = BTreeMap::new();
     for status in &statuses {
         by_request
             .entry(&status.request_id)
             .or_default()
-            .push(status);
+            .push(status.clone());
     }
-    futures::stream::iter(by_request.into_iter().map(|(id, statuses)| async move {
-        let _guard = locks.lock(id).await;
-        fold_into_request(hub, id, statuses).await
-    }))
+    futures::stream::iter(
+        by_request
+            .into_iter()
+            .map(|(id, statuses)| folds.fold(hub, id, statuses)),
+    )
     .buffer_unordered(CONCURRENCY)
     .try_collect::<()>()
     .await

@@ -56,7 +56,12 @@ impl Hub {
 
 /// Runs all three parts until shutdown.
 pub async fn run(client: async_nats::Client, shutdown: Shutdown) -> anyhow::Result<()> {
-    let hub = Hub::open(jetstream::new(client.clone())).await?;
+    // A hub busy with thousands of clusters can take more than the default 5 s to
+    // acknowledge a write; waiting longer beats redoing a whole fan-out.
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build(client.clone());
+    let hub = Hub::open(js).await?;
     tracing::info!("selector-router ready");
     tokio::try_join!(
         request::run(hub.clone(), shutdown.clone()),
@@ -114,7 +119,13 @@ where
             },
             _ = shutdown.wait() => return Ok(()),
         };
-        match handle(message.clone()).await {
+        let outcome = in_progress(
+            std::slice::from_ref(&message),
+            ack_wait,
+            handle(message.clone()),
+        )
+        .await;
+        match outcome {
             Ok(()) => {
                 let _ = message.ack().await;
             }
@@ -180,7 +191,7 @@ where
         if messages.is_empty() {
             continue;
         }
-        let outcome = handle(messages.clone()).await;
+        let outcome = in_progress(&messages, ack_wait, handle(messages.clone())).await;
         let ack = match &outcome {
             Ok(()) => AckKind::Ack,
             Err(error) => {
@@ -190,6 +201,29 @@ where
         };
         for message in &messages {
             let _ = message.ack_with(ack).await;
+        }
+    }
+}
+
+/// Runs `work`, telling the server every third of `ack_wait` that `messages` are in
+/// progress: a request to thousands of clusters, or a large fold, can take longer than the
+/// ack wait on a busy hub, and must not be handed out again meanwhile.
+async fn in_progress<T>(
+    messages: &[jetstream::Message],
+    ack_wait: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut progress = tokio::time::interval(ack_wait / 3);
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            outcome = &mut work => return outcome,
+            _ = progress.tick() => {
+                for message in messages {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            }
         }
     }
 }

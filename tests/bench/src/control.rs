@@ -239,6 +239,16 @@ async fn measure(
         .collect();
     result.hub_rss_mib = rss_mib(hub_pid);
     result.router_rss_mib = rss_mib(router_pid);
+    eprintln!(
+        "  idle: hub nats-server {:.0} MiB; cores {}",
+        result.hub_rss_mib,
+        result
+            .idle_cores
+            .iter()
+            .map(|(name, cores)| format!("{name} {cores:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
     // One request matching every cluster: an untimed warm-up install, then timed upgrades.
     let selector = format!("{}={}", FLEET_LABEL.0, FLEET_LABEL.1);

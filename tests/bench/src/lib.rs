@@ -54,6 +54,9 @@ pub struct Args {
     /// Leaf nodes carrying the control-plane part's simulated clusters.
     #[arg(long, env = "OPTIKON_BENCH_LEAVES", default_value_t = 4)]
     pub leaves: usize,
+    /// Seconds between one simulated cluster's heartbeats (the health-prober's default is 5).
+    #[arg(long, env = "OPTIKON_BENCH_HEARTBEAT_SECONDS", default_value_t = 5)]
+    pub heartbeat_seconds: u64,
     /// Run only these parts (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub parts: Vec<Part>,
@@ -124,7 +127,7 @@ impl Plan {
                 leaves: args.leaves.max(1),
                 reps: args.reps.unwrap_or(if args.quick { 2 } else { 5 }).max(1),
                 single_requests: if args.quick { 30 } else { 100 },
-                heartbeat_seconds: 5,
+                heartbeat_seconds: args.heartbeat_seconds.max(1),
                 idle_seconds: if args.quick { 10 } else { 30 },
             },
         })

@@ -178,7 +178,8 @@ async fn register(
     anyhow::bail!("registering {cluster}: {last_error}")
 }
 
-/// Every cluster's heartbeat once per interval, spread evenly over it.
+/// Every cluster's heartbeat once per interval, spread evenly over it; the first round goes
+/// out at once, as every prober starting together would.
 async fn heartbeat(
     js: jetstream::Context,
     clusters: Vec<(usize, String)>,
@@ -188,8 +189,10 @@ async fn heartbeat(
     let mut ticker = tokio::time::interval(gap);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut acks = futures::stream::FuturesUnordered::new();
-    for (index, name) in clusters.iter().cycle() {
-        ticker.tick().await;
+    for (round, (index, name)) in clusters.iter().cycle().enumerate() {
+        if round >= clusters.len() {
+            ticker.tick().await;
+        }
         let heartbeat = Heartbeat {
             api_version: ApiVersion,
             cluster: name.clone(),
