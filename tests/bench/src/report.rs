@@ -274,13 +274,14 @@ fn control_section(out: &mut String, r: &Results) {
         "**Fan-out.** One request (`optikon upgrade` through the client library, selector \
          `fleet=sim`, matching every cluster), timed from publishing it until the hub's \
          request record shows every cluster acknowledged (`deployed`), as a client watching \
-         the record sees it. An untimed install first, then {} timed upgrades. \"per \
-         cluster\" pools each cluster's own time to acknowledged over those upgrades. CPU \
+         the record sees it. An untimed install first, then {} timed upgrades (2 above 5,000 \
+         clusters, where each takes minutes here). \"per cluster\" pools each cluster's own time to acknowledged over those upgrades. CPU \
          is seconds per fan-out (median):\n",
         plan.reps
     );
     let mut fanout = Table::new(&[
         "clusters",
+        "runs",
         "all acknowledged",
         "per cluster p50",
         "per cluster p99",
@@ -290,7 +291,7 @@ fn control_section(out: &mut String, r: &Results) {
         "CPU leaves",
         "CPU agents",
     ])
-    .right_aligned(&[0, 2, 3, 4, 5, 6, 7, 8]);
+    .right_aligned(&[0, 1, 3, 4, 5, 6, 7, 8, 9]);
     for c in &r.control {
         let all = Summary::of(&c.fanout_all);
         let cpu = |name: &str| {
@@ -301,6 +302,7 @@ fn control_section(out: &mut String, r: &Results) {
         };
         fanout.push(vec![
             thousands(c.clusters),
+            c.fanout_all.len().to_string(),
             all.map_or("–".into(), |s| s.seconds()),
             format!("{:.2} s", control::percentile(&c.per_cluster, 50.0)),
             format!("{:.2} s", control::percentile(&c.per_cluster, 99.0)),
@@ -412,9 +414,25 @@ fn control_bottleneck(c: &ScaleResult, cores: usize) -> String {
     } else {
         "not CPU-bound: part of the time is waiting on round trips between the parts"
     };
+    let idle = |names: &[&str]| -> f64 {
+        c.idle_cores
+            .iter()
+            .filter(|(n, _)| names.contains(&n.as_str()))
+            .map(|(_, cores)| cores)
+            .sum()
+    };
+    let idle_all = idle(&[
+        "hub nats-server",
+        "selector-router",
+        "leaf nats-servers",
+        "simulated agents",
+    ]);
+    let idle_sim = idle(&["leaf nats-servers", "simulated agents"]);
     format!(
         "{}: one fan-out took {:.2} s and {:.1} CPU s ({busy:.0} % of {cores} cores) — {bound}; \
-         the CPU went to {}.",
+         the CPU went to {}. Idle, the heartbeat load already kept {idle_all:.2} of the {cores} \
+         cores busy, {idle_sim:.2} of them in the simulation's leaf nodes and agents, which \
+         in a real fleet run on the edge sites.",
         thousands(c.clusters),
         all.median,
         total,
