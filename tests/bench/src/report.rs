@@ -389,6 +389,20 @@ fn control_section(out: &mut String, r: &Results) {
         ]);
     }
     let _ = writeln!(out, "{}", memory.render());
+    let _ = writeln!(
+        out,
+        "**What grows with the number of clusters.** Per cluster the hub holds two stream \
+         sources across the leaf links — its `CMD` feeding the edge's `CMD_LOCAL_<cluster>`, \
+         and a `STATUS_HUB_<shard>` sourcing the edge's `STATUS_<cluster>` — and nats-server \
+         keeps each source alive with an idle heartbeat every second. Every application \
+         heartbeat is stored at the edge, sourced into the hub and folded into the cluster's \
+         registry record (a KV read and a compare-and-set write), which the router's cluster \
+         view reads back. All of it is linear in the clusters, and here all of it shares the \
+         machine's cores with the simulated edges: once the idle load leaves little CPU free, \
+         every round trip of a fan-out waits for a core. On a real fleet the leaf-node half \
+         of that load runs at the edge sites; the hub's half is in the \"idle hub nats\" and \
+         \"idle router\" columns.\n"
+    );
     let _ = writeln!(out, "**Bottleneck at each scale.**\n");
     for c in &r.control {
         let _ = writeln!(out, "- {}", control_bottleneck(c, r.machine.nproc));
