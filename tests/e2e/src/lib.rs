@@ -33,10 +33,16 @@ pub async fn testbed() -> MutexGuard<'static, Testbed> {
             let started = tokio::task::spawn_blocking(move || Testbed::start(config))
                 .await
                 .expect("test bed start task");
-            match started {
-                Ok(testbed) => Mutex::new(testbed),
+            let testbed = match started {
+                Ok(testbed) => testbed,
                 Err(e) => panic!("the test bed did not start; integration tests need it: {e}"),
+            };
+            // Every test starts on a ready hub: its streams, buckets and object stores set up
+            // (the router does that before it registers anyone) and every site registered.
+            if let Err(e) = wait_until_healthy(&testbed).await {
+                panic!("the test bed started but did not become ready: {e:#}");
             }
+            Mutex::new(testbed)
         })
         .await;
     cell.lock().await
