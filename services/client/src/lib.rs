@@ -372,7 +372,7 @@ impl Client {
     /// Live request events, chart announcements, release status and heartbeats, as they
     /// happen (core NATS subscriptions: nothing is replayed; what happened before is in the
     /// KV buckets). Status from an edge whose link is down arrives at the hub later, through
-    /// `STATUS_HUB`, and then shows as request events.
+    /// its `STATUS_HUB_<shard>`, and then shows as request events.
     pub async fn live_events(&self) -> Result<impl Stream<Item = LiveEvent> + use<>, ClientError> {
         let mut subscriptions = Vec::new();
         for filter in [

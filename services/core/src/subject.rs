@@ -155,8 +155,8 @@ pub fn edge_delivery_prefix(cluster: &str) -> String {
     format!("optikon.deliver.{}", token(cluster))
 }
 
-/// Delivery prefix of the edge → hub `STATUS` source: the edge's leaf user may send only
-/// deliveries under this prefix.
+/// Delivery prefix of the edge → hub `STATUS_<cluster>` source: the edge's leaf user may
+/// send only deliveries under this prefix.
 pub fn hub_delivery_prefix(cluster: &str) -> String {
     format!("optikon.deliver.hub.{}", token(cluster))
 }

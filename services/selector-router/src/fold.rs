@@ -9,8 +9,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-
 use async_nats::jetstream;
 use futures::{StreamExt, TryStreamExt};
 use optikon_core::message::{
@@ -19,6 +17,7 @@ use optikon_core::message::{
 };
 use optikon_core::subject;
 use optikon_runtime::shutdown::Shutdown;
+use tokio::sync::oneshot;
 
 use crate::request::publish_event;
 use crate::{Hub, consume_batches, internal, read, write_if};
