@@ -239,9 +239,8 @@ fn parse_selector(expr: &str) -> anyhow::Result<LabelSelector> {
 
 /// Checks what can be checked here, so a typo never reaches the hub.
 fn check_request(request: &ReleaseRequest) -> anyhow::Result<()> {
-    names::validate_release_name(&request.release).map_err(|e| bad_input(e.to_string()))?;
-    names::validate_namespace(&request.namespace).map_err(|e| bad_input(e.to_string()))?;
-    parse_selector(&request.selector)?;
+    optikon_core::message::check_target(&request.release, &request.namespace, &request.selector)
+        .map_err(|e| bad_input(e.message))?;
     Ok(())
 }
 

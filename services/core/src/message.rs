@@ -157,6 +157,50 @@ pub struct ReleaseRequest {
     pub revision: Option<u32>,
 }
 
+/// Checks where a release is to go — its name, namespace and selector — the way every client
+/// and the router check it, with the error code each problem gets. Returns the parsed
+/// selector.
+pub fn check_target(
+    release: &str,
+    namespace: &str,
+    selector: &str,
+) -> Result<crate::selector::LabelSelector, ApiError> {
+    crate::names::validate_release_name(release)
+        .map_err(|e| ApiError::new(ErrorCode::BadReleaseName, e.to_string()))?;
+    crate::names::validate_namespace(namespace)
+        .map_err(|e| ApiError::new(ErrorCode::BadNamespace, e.to_string()))?;
+    crate::selector::LabelSelector::parse(selector)
+        .map_err(|e| ApiError::new(ErrorCode::BadSelector, e.to_string()))
+}
+
+impl ReleaseRequest {
+    /// Everything about the request that can be checked without the hub's state: the
+    /// target ([`check_target`]), values that are a mapping, and a chart for an install or
+    /// upgrade. The router checks this before anything changes; clients may check it first
+    /// to fail fast. Returns the parsed selector.
+    pub fn check(&self) -> Result<crate::selector::LabelSelector, ApiError> {
+        let selector = check_target(&self.release, &self.namespace, &self.selector)?;
+        if let Some(values) = &self.values
+            && !values.is_object()
+        {
+            return Err(ApiError::new(
+                ErrorCode::BadValues,
+                "values must be a JSON object (a YAML mapping), like the chart's values.yaml",
+            ));
+        }
+        if matches!(self.action, Action::Install | Action::Upgrade) && self.chart.is_none() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "{} needs a chart: give {{\"name\", \"version\"}} or {{\"digest\"}}",
+                    self.action
+                ),
+            ));
+        }
+        Ok(selector)
+    }
+}
+
 /// A chart resolved to its exact bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -540,6 +584,49 @@ pub fn decode<T: serde::de::DeserializeOwned>(kind: &str, body: &[u8]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_checked_with_one_code_per_problem() {
+        let request = |release: &str, namespace: &str, selector: &str| ReleaseRequest {
+            api_version: ApiVersion,
+            id: "r-1".into(),
+            action: Action::Install,
+            release: release.into(),
+            namespace: namespace.into(),
+            selector: selector.into(),
+            chart: Some(ChartRef::NameVersion {
+                name: "nginx".into(),
+                version: "1.0.0".into(),
+            }),
+            values: None,
+            revision: None,
+        };
+        let code = |r: &ReleaseRequest| r.check().map(|_| ()).map_err(|e| e.code);
+        assert_eq!(
+            code(&request("web.v2", "default", "tier in (edge,store)")),
+            Ok(())
+        );
+        assert_eq!(
+            code(&request("Web!", "default", "")),
+            Err(ErrorCode::BadReleaseName)
+        );
+        assert_eq!(
+            code(&request("web", "Default", "")),
+            Err(ErrorCode::BadNamespace)
+        );
+        assert_eq!(
+            code(&request("web", "default", "a in (")),
+            Err(ErrorCode::BadSelector)
+        );
+        let mut values = request("web", "default", "");
+        values.values = Some(serde_json::json!([1]));
+        assert_eq!(code(&values), Err(ErrorCode::BadValues));
+        let mut chartless = request("web", "default", "");
+        chartless.chart = None;
+        assert_eq!(code(&chartless), Err(ErrorCode::InvalidRequest));
+        chartless.action = Action::Uninstall;
+        assert_eq!(code(&chartless), Ok(()));
+    }
 
     #[test]
     fn api_version_is_checked() {

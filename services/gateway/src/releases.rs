@@ -19,7 +19,7 @@ use optikon_core::message::{
     ReleaseStatus, RequestStatus, Timestamp,
 };
 use optikon_core::selector::LabelSelector;
-use optikon_core::{names, values};
+use optikon_core::values;
 use serde::{Deserialize, Serialize};
 
 use crate::Gateway;
@@ -273,11 +273,11 @@ pub async fn carry_out(
 }
 
 pub fn check_names(release: &str, namespace: &str) -> Result<(), HttpError> {
-    names::validate_release_name(release)
-        .map_err(|e| HttpError::bad(ErrorCode::BadReleaseName, e.to_string()))?;
-    names::validate_namespace(namespace)
-        .map_err(|e| HttpError::bad(ErrorCode::BadNamespace, e.to_string()))?;
-    Ok(())
+    // The release and namespace checks every client and the router share; the selector is
+    // parsed where it is used.
+    optikon_core::message::check_target(release, namespace, "")
+        .map(|_| ())
+        .map_err(HttpError::from)
 }
 
 /// Values as given: a JSON object, YAML/JSON text, or nothing.

@@ -14,7 +14,6 @@ use optikon_core::message::{
     ClusterRecord, DesiredRelease, ErrorCode, ReleaseRequest, ReleaseState, RequestStatus,
     Timestamp, decode,
 };
-use optikon_core::names;
 use optikon_core::selector::LabelSelector;
 use optikon_core::subject;
 use optikon_runtime::shutdown::Shutdown;
@@ -166,32 +165,11 @@ struct Plan {
 
 /// Checks the request and resolves its chart and target clusters.
 async fn plan(hub: &Hub, request: &ReleaseRequest) -> Result<Plan, ApiError> {
-    names::validate_release_name(&request.release)
-        .map_err(|e| ApiError::new(ErrorCode::BadReleaseName, e.to_string()))?;
-    names::validate_namespace(&request.namespace)
-        .map_err(|e| ApiError::new(ErrorCode::BadNamespace, e.to_string()))?;
-    let selector = LabelSelector::parse(&request.selector)
-        .map_err(|e| ApiError::new(ErrorCode::BadSelector, e.to_string()))?;
-    if let Some(values) = &request.values
-        && !values.is_object()
-    {
-        return Err(ApiError::new(
-            ErrorCode::BadValues,
-            "values must be a JSON object (a YAML mapping), like the chart's values.yaml",
-        ));
-    }
-    let chart = match (request.action, &request.chart) {
-        (Action::Install | Action::Upgrade, None) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!(
-                    "{} needs a chart: give {{\"name\", \"version\"}} or {{\"digest\"}}",
-                    request.action
-                ),
-            ));
-        }
-        (Action::Install | Action::Upgrade, Some(chart)) => Some(resolve_chart(hub, chart).await?),
-        (Action::Rollback | Action::Uninstall, _) => None,
+    let selector = request.check()?;
+    // `check` made sure an install or upgrade names a chart; other actions need none.
+    let chart = match (&request.chart, request.action) {
+        (Some(chart), Action::Install | Action::Upgrade) => Some(resolve_chart(hub, chart).await?),
+        _ => None,
     };
     let clusters = matching_clusters(hub, &selector).await?;
     Ok(Plan { chart, clusters })
