@@ -12,9 +12,9 @@
 //! Commands reach the process through one durable push consumer per cluster delivering on
 //! `sim.deliver.<cluster>`, each with its own subscription: the executor's pull consumer
 //! per cluster is the same JetStream state at the edge, without thousands of outstanding
-//! pull requests in one process. (One wildcard subscription for all of them is not enough:
-//! nats-server 2.14 can mark a push consumer without interest when a literal subscription
-//! on its subject ends, and then never delivers to the wildcard.)
+//! pull requests in one process. (With one wildcard subscription for all of them instead,
+//! nats-server 2.14.9 reported the push consumers as having no interest and delivered
+//! nothing.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
