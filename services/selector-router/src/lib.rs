@@ -74,14 +74,11 @@ pub async fn run(client: async_nats::Client, shutdown: Shutdown) -> anyhow::Resu
 /// Works through a durable pull consumer (shared by all replicas) until shutdown: a message
 /// is acked when `handle` succeeds, and redelivered after `retry` when it fails — which it
 /// does only for infrastructure errors; bad input is answered and acked by the handler.
-/// With `in_order`, one message is in hand at a time, so a retried message is never
-/// overtaken by a later one.
-#[allow(clippy::too_many_arguments)]
+/// One message is in hand at a time, so a retried message is never overtaken by a later one.
 pub(crate) async fn consume<F, Fut>(
     hub: &Hub,
     stream: &str,
     durable: &str,
-    in_order: bool,
     ack_wait: Duration,
     retry: Duration,
     shutdown: Shutdown,
@@ -91,22 +88,10 @@ where
     F: FnMut(jetstream::Message) -> Fut,
     Fut: std::future::Future<Output = Result<(), ApiError>>,
 {
-    let consumer = hub
-        .js
-        .get_stream(stream)
+    let mut messages = durable_consumer(hub, stream, durable, ack_wait, 1)
         .await?
-        .get_or_create_consumer(
-            durable,
-            consumer::pull::Config {
-                durable_name: Some(durable.into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait,
-                max_ack_pending: if in_order { 1 } else { 1000 },
-                ..Default::default()
-            },
-        )
+        .messages()
         .await?;
-    let mut messages = consumer.messages().await?;
     loop {
         let message = tokio::select! {
             m = messages.next() => match m {
@@ -137,6 +122,31 @@ where
     }
 }
 
+/// The durable pull consumer all replicas share on `stream`, created if missing.
+async fn durable_consumer(
+    hub: &Hub,
+    stream: &str,
+    durable: &str,
+    ack_wait: Duration,
+    max_ack_pending: i64,
+) -> anyhow::Result<consumer::PullConsumer> {
+    Ok(hub
+        .js
+        .get_stream(stream)
+        .await?
+        .get_or_create_consumer(
+            durable,
+            consumer::pull::Config {
+                durable_name: Some(durable.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait,
+                max_ack_pending,
+                ..Default::default()
+            },
+        )
+        .await?)
+}
+
 /// Like [`consume`], but hands over every message that is ready at once (up to `batch`), so
 /// the handler can fold many in one pass: the batch is acked when `handle` succeeds and
 /// redelivered as a whole after `retry` when it fails (handlers must be idempotent).
@@ -155,21 +165,7 @@ where
     F: FnMut(Vec<jetstream::Message>) -> Fut,
     Fut: std::future::Future<Output = Result<(), ApiError>>,
 {
-    let consumer = hub
-        .js
-        .get_stream(stream)
-        .await?
-        .get_or_create_consumer(
-            durable,
-            consumer::pull::Config {
-                durable_name: Some(durable.into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait,
-                max_ack_pending: (4 * batch) as i64,
-                ..Default::default()
-            },
-        )
-        .await?;
+    let consumer = durable_consumer(hub, stream, durable, ack_wait, 4 * batch as i64).await?;
     let mut chunks = consumer
         .stream()
         .max_messages_per_batch(batch)

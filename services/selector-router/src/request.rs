@@ -28,11 +28,12 @@ pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
     let ack_wait = Duration::from_secs(60);
     let retry = Duration::from_secs(2);
     let stream = subject::RELEASE_REQUESTS_STREAM;
+    // In order, one request at a time: an uninstall must never overtake the upgrade
+    // requested before it.
     consume(
         &hub,
         stream,
         CONSUMER,
-        true, // an uninstall must never overtake the upgrade requested before it
         ack_wait,
         retry,
         shutdown,
