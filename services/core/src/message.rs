@@ -165,12 +165,18 @@ pub fn check_target(
     namespace: &str,
     selector: &str,
 ) -> Result<crate::selector::LabelSelector, ApiError> {
+    check_release_names(release, namespace)?;
+    crate::selector::LabelSelector::parse(selector)
+        .map_err(|e| ApiError::new(ErrorCode::BadSelector, e.to_string()))
+}
+
+/// The release name and namespace part of [`check_target`], for calls that name a release
+/// without choosing clusters.
+pub fn check_release_names(release: &str, namespace: &str) -> Result<(), ApiError> {
     crate::names::validate_release_name(release)
         .map_err(|e| ApiError::new(ErrorCode::BadReleaseName, e.to_string()))?;
     crate::names::validate_namespace(namespace)
-        .map_err(|e| ApiError::new(ErrorCode::BadNamespace, e.to_string()))?;
-    crate::selector::LabelSelector::parse(selector)
-        .map_err(|e| ApiError::new(ErrorCode::BadSelector, e.to_string()))
+        .map_err(|e| ApiError::new(ErrorCode::BadNamespace, e.to_string()))
 }
 
 impl ReleaseRequest {

@@ -273,11 +273,21 @@ pub async fn carry_out(
 }
 
 pub fn check_names(release: &str, namespace: &str) -> Result<(), HttpError> {
-    // The release and namespace checks every client and the router share; the selector is
-    // parsed where it is used.
-    optikon_core::message::check_target(release, namespace, "")
-        .map(|_| ())
-        .map_err(HttpError::from)
+    Ok(optikon_core::message::check_release_names(
+        release, namespace,
+    )?)
+}
+
+/// Release name, namespace and selector, checked as the router checks them; the parsed
+/// selector.
+pub fn check_target(
+    release: &str,
+    namespace: &str,
+    selector: &str,
+) -> Result<LabelSelector, HttpError> {
+    Ok(optikon_core::message::check_target(
+        release, namespace, selector,
+    )?)
 }
 
 /// Values as given: a JSON object, YAML/JSON text, or nothing.
@@ -409,8 +419,7 @@ async fn install(
     JsonBody(body): JsonBody<InstallBody>,
 ) -> Result<(StatusCode, Json<RequestResult>), HttpError> {
     let wait = Wait::from_query(&gateway, query.wait, query.timeout)?;
-    check_names(&body.release, &body.namespace)?;
-    parse_selector(&body.selector)?;
+    check_target(&body.release, &body.namespace, &body.selector)?;
     let values = parse_values(body.values)?;
     let chart = resolve_chart(&gateway.client, &body.chart).await?;
     let mut request = Client::new_request(
@@ -431,8 +440,7 @@ async fn upgrade(
     JsonBody(body): JsonBody<UpgradeBody>,
 ) -> Result<(StatusCode, Json<RequestResult>), HttpError> {
     let wait = Wait::from_query(&gateway, query.wait, query.timeout)?;
-    check_names(&release, &namespace)?;
-    let selector = parse_selector(&body.selector)?;
+    let selector = check_target(&release, &namespace, &body.selector)?;
     let values = parse_values(body.values)?;
     let chart = resolve_chart(&gateway.client, &body.chart).await?;
     require_release(&gateway.client, &release, &namespace, &selector).await?;
@@ -449,8 +457,7 @@ async fn rollback(
     JsonBody(body): JsonBody<RollbackBody>,
 ) -> Result<(StatusCode, Json<RequestResult>), HttpError> {
     let wait = Wait::from_query(&gateway, query.wait, query.timeout)?;
-    check_names(&release, &namespace)?;
-    let selector = parse_selector(&body.selector)?;
+    let selector = check_target(&release, &namespace, &body.selector)?;
     require_release(&gateway.client, &release, &namespace, &selector).await?;
     let mut request = Client::new_request(Action::Rollback, &release, &namespace, &body.selector);
     request.revision = body.revision.filter(|r| *r > 0);
