@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use optikon_core::message::{
     Action, ApiVersion, ClusterRecord, ClusterRegistration, DesiredRelease, Heartbeat,
     ReleaseState, ReleaseStatus, Reply, Timestamp, decode,
@@ -94,10 +94,8 @@ pub async fn run(config: SimConfig) -> anyhow::Result<()> {
 
     futures::stream::iter(names.iter().map(|(_, name)| set_up(&js, name)))
         .buffer_unordered(SETUP_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<Vec<()>>>()?;
+        .try_collect::<()>()
+        .await?;
     eprintln!("{}: {} clusters set up", config.domain, names.len());
     futures::stream::iter(
         names
@@ -105,10 +103,8 @@ pub async fn run(config: SimConfig) -> anyhow::Result<()> {
             .map(|(i, name)| register(&client, &config.domain, name, cluster_labels(*i))),
     )
     .buffer_unordered(SETUP_CONCURRENCY)
-    .collect::<Vec<_>>()
-    .await
-    .into_iter()
-    .collect::<anyhow::Result<Vec<()>>>()?;
+    .try_collect::<()>()
+    .await?;
     println!("ready {}", names.len());
 
     let heartbeats = tokio::spawn(heartbeat(js, names, config.heartbeat));
