@@ -14,7 +14,7 @@ use optikon_core::chart::{ChartLimits, inspect};
 use optikon_core::message::{ApiError, ApiVersion, ChartIndexEntry, ErrorCode, Reply, Timestamp};
 use optikon_core::subject;
 use optikon_runtime::shutdown::Shutdown;
-use optikon_runtime::{topology, trace};
+use optikon_runtime::trace;
 use tokio::io::AsyncReadExt;
 use tracing::Instrument;
 
@@ -31,15 +31,40 @@ fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
 }
 
 impl ChartIngest {
+    /// Opens the hub's chart stores, waiting until they exist: the router sets up the hub's
+    /// topology (chart-ingest's role may not create streams), and may start after this.
     pub async fn new(js: jetstream::Context, limits: ChartLimits) -> anyhow::Result<Self> {
-        topology::ensure_hub(&js).await?;
-        Ok(ChartIngest {
-            charts: js.get_object_store(subject::CHARTS_BUCKET).await?,
-            uploads: js.get_object_store(subject::UPLOADS_BUCKET).await?,
-            index: js.get_key_value(subject::CHART_INDEX_BUCKET).await?,
-            js,
-            limits,
-        })
+        let mut waited = 0;
+        loop {
+            let opened = async {
+                anyhow::Ok((
+                    js.get_object_store(subject::CHARTS_BUCKET).await?,
+                    js.get_object_store(subject::UPLOADS_BUCKET).await?,
+                    js.get_key_value(subject::CHART_INDEX_BUCKET).await?,
+                ))
+            };
+            match opened.await {
+                Ok((charts, uploads, index)) => {
+                    return Ok(ChartIngest {
+                        charts,
+                        uploads,
+                        index,
+                        js,
+                        limits,
+                    });
+                }
+                Err(error) if waited < 120 => {
+                    if waited % 10 == 0 {
+                        tracing::info!(%error, "waiting for the hub's chart stores (set up by selector-router)");
+                    }
+                    waited += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(error) => {
+                    anyhow::bail!("the hub's chart stores are missing after 60 s (is selector-router running?): {error}")
+                }
+            }
+        }
     }
 
     /// Serves pushes until shutdown. Replicas share the work through a queue group.

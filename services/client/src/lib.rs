@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures::{Stream, StreamExt};
 use optikon_core::message::{
-    ApiError, ApiVersion, ChartIndexEntry, ClusterRecord, ReleaseRequest, ReleaseStatus, Reply,
+    ApiError, ApiVersion, ChartIndexEntry, ClusterRecord, Heartbeat, ReleaseRequest, ReleaseStatus, Reply,
     RequestStatus, decode,
 };
 use optikon_core::{names, subject};
@@ -90,6 +90,19 @@ impl Client {
         &self,
         bucket: &str,
     ) -> Result<Vec<T>, ClientError> {
+        Ok(self
+            .read_all_keyed(bucket)
+            .await?
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect())
+    }
+
+    /// Every live value of a bucket, with its key.
+    async fn read_all_keyed<T: serde::de::DeserializeOwned>(
+        &self,
+        bucket: &str,
+    ) -> Result<Vec<(String, T)>, ClientError> {
         let store = self.bucket(bucket).await?;
         let keys = optikon_runtime::kv::keys(&self.js, bucket)
             .await
@@ -97,7 +110,8 @@ impl Client {
         let mut out = Vec::new();
         for key in keys {
             if let Some(bytes) = store.get(&key).await.map_err(|e| nats("read")(&e))? {
-                out.push(decode::<T>(bucket, &bytes).map_err(ClientError::Refused)?);
+                let value = decode::<T>(bucket, &bytes).map_err(ClientError::Refused)?;
+                out.push((key, value));
             }
         }
         Ok(out)
@@ -161,8 +175,22 @@ impl Client {
             })
     }
 
+    /// Every registered cluster, each with its newest heartbeat (from the `heartbeats`
+    /// bucket, which the edges write; a heartbeat of an unregistered cluster is not shown).
     pub async fn clusters(&self) -> Result<Vec<ClusterRecord>, ClientError> {
         let mut clusters: Vec<ClusterRecord> = self.read_all(subject::CLUSTERS_BUCKET).await?;
+        // By key, not by what the body says: a site can write only its own key.
+        let heartbeats: BTreeMap<String, Heartbeat> = self
+            .read_all_keyed::<Heartbeat>(subject::HEARTBEATS_BUCKET)
+            .await?
+            .into_iter()
+            .collect();
+        for cluster in &mut clusters {
+            cluster.last_heartbeat = heartbeats
+                .get(&subject::heartbeat_key(&cluster.name))
+                .filter(|h| h.cluster == cluster.name)
+                .cloned();
+        }
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(clusters)
     }
@@ -341,7 +369,7 @@ pub enum LiveEvent {
     /// A release changed on a cluster (`optikon.status.<cluster>.release.…`).
     Release(ReleaseStatus),
     /// A cluster's heartbeat (`optikon.status.<cluster>.heartbeat`).
-    Heartbeat(optikon_core::message::Heartbeat),
+    Heartbeat(Heartbeat),
 }
 
 impl LiveEvent {
@@ -356,11 +384,19 @@ impl LiveEvent {
         if subject_name.starts_with(&format!("{}.", subject::EVENT_REQUEST_PREFIX)) {
             return serde_json::from_slice(body).ok().map(LiveEvent::Request);
         }
+        if let Some(cluster) =
+            subject_name.strip_prefix(&format!("$KV.{}.", subject::HEARTBEATS_BUCKET))
+        {
+            // Only a heartbeat about the cluster whose entry it is: the key is what the
+            // hub's permissions vouch for.
+            return serde_json::from_slice::<Heartbeat>(body)
+                .ok()
+                .filter(|h| subject::heartbeat_key(&h.cluster) == cluster)
+                .map(LiveEvent::Heartbeat);
+        }
         let rest = subject_name.strip_prefix(&format!("{}.", subject::STATUS_PREFIX))?;
         let (_cluster, kind) = rest.split_once('.')?;
-        if kind == "heartbeat" {
-            serde_json::from_slice(body).ok().map(LiveEvent::Heartbeat)
-        } else if kind.starts_with("release.") {
+        if kind.starts_with("release.") {
             serde_json::from_slice(body).ok().map(LiveEvent::Release)
         } else {
             None
@@ -371,14 +407,14 @@ impl LiveEvent {
 impl Client {
     /// Live request events, chart announcements, release status and heartbeats, as they
     /// happen (core NATS subscriptions: nothing is replayed; what happened before is in the
-    /// KV buckets). Status from an edge whose link is down arrives at the hub later, through
-    /// its `STATUS_HUB_<shard>`, and then shows as request events.
+    /// KV buckets). Status from an edge whose link is down arrives at the hub later, when its
+    /// uplink forwards it, and then shows as request events.
     pub async fn live_events(&self) -> Result<impl Stream<Item = LiveEvent> + use<>, ClientError> {
         let mut subscriptions = Vec::new();
         for filter in [
             "optikon.event.>".to_owned(),
             format!("{}.*.release.>", subject::STATUS_PREFIX),
-            format!("{}.*.heartbeat", subject::STATUS_PREFIX),
+            format!("$KV.{}.*", subject::HEARTBEATS_BUCKET),
         ] {
             let subscription = self
                 .nats

@@ -373,6 +373,8 @@ pub struct ClusterRecord {
     pub domain: String,
     pub labels: BTreeMap<String, String>,
     pub registered_at: Timestamp,
+    /// The cluster's newest heartbeat. Not stored in the registry: the edge writes its
+    /// heartbeats to the `heartbeats` bucket, and readers fill this in from there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<Heartbeat>,
 }
@@ -398,7 +400,8 @@ impl ClusterRecord {
     }
 }
 
-/// An edge announcing itself to the hub (request on `optikon.api.cluster.register`).
+/// An edge announcing itself to the hub (request on `optikon.api.cluster.register.<name>`;
+/// a body naming another cluster than the subject is refused).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterRegistration {

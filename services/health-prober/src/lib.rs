@@ -1,13 +1,18 @@
-//! The health-prober: measures one edge cluster and reports heartbeats.
+//! The health-prober: measures one edge cluster, reports heartbeats, and runs the site's
+//! link to the hub ([`link`]: commands in, status out).
 //!
-//! Heartbeats go into the cluster's own `STATUS_<cluster>` stream at its site, which the hub sources; while the link
-//! is down they wait at the edge and reach the hub when it returns, and the hub meanwhile
+//! A heartbeat is one put of the cluster's own entry in the hub's `heartbeats` bucket, sent
+//! only while the link is up: only the newest matters, and while the link is down the hub
 //! shows the cluster as unreachable from the age of the last heartbeat it has.
+//!
+//! The prober is the site's one voice to the hub (registration, heartbeats, the link), so
+//! there is one per cluster; executors, which scale out, only talk to their site's server.
+
+pub mod link;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 use optikon_core::message::{
@@ -100,22 +105,23 @@ fn node_ready(node: &Node) -> bool {
 }
 
 /// Probes every `interval` and publishes heartbeats until shutdown; registers the site with
-/// the hub whenever the hub is reachable and the last registration is old.
+/// the hub whenever the hub is reachable and the last registration is old; runs the link.
 pub async fn run(
     nats: async_nats::Client,
     kube: kube::Client,
     config: ProberConfig,
     shutdown: Shutdown,
 ) -> Result<(), topology::TopologyError> {
-    let js = jetstream::new(nats.clone());
+    let js = async_nats::jetstream::new(nats.clone());
     topology::ensure_edge(&js, &config.cluster).await?;
+    let link = spawn_link(nats.clone(), config.cluster.clone(), shutdown.clone());
     let mut registered_at: Option<tokio::time::Instant> = None;
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = shutdown.wait() => return Ok(()),
+            _ = shutdown.wait() => break,
         }
         if registered_at.is_none_or(|t| t.elapsed() > config.reregister_every) {
             match register(&nats, &config).await {
@@ -130,23 +136,54 @@ pub async fn run(
         if let Some(error) = &heartbeat.error {
             tracing::warn!(%error, "cluster probe found problems");
         }
-        let body = serde_json::to_vec(&heartbeat).expect("heartbeat serializes");
-        let published = async {
-            js.publish_with_headers(
-                subject::heartbeat(&config.cluster),
-                trace::headers(None),
-                body.into(),
-            )
-            .await?
-            .await
-        };
-        if let Err(error) = published.await {
-            tracing::warn!(%error, "heartbeat not stored at the edge");
+        if let Err(error) = publish_heartbeat(&nats, &heartbeat).await {
+            tracing::warn!(%error, "heartbeat not sent");
         }
     }
+    for task in link {
+        let _ = task.await;
+    }
+    Ok(())
 }
 
-/// Announces the site to the hub (core request over the leaf link; fails while cut off).
+/// Starts the site's downlink and uplink for `cluster` (see [`link`]); both run until
+/// shutdown, the uplink restarting after a failure of the site's own server.
+pub fn spawn_link(
+    nats: async_nats::Client,
+    cluster: String,
+    shutdown: Shutdown,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let down = tokio::spawn(link::downlink(nats.clone(), cluster.clone(), shutdown.clone()));
+    let up = tokio::spawn(async move {
+        while !shutdown.is_triggered() {
+            if let Err(error) = link::uplink(nats.clone(), cluster.clone(), shutdown.clone()).await {
+                tracing::warn!(%error, "uplink stopped; restarting");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = shutdown.wait() => {}
+                }
+            }
+        }
+    });
+    vec![down, up]
+}
+
+/// Puts the heartbeat into the cluster's entry of the hub's `heartbeats` bucket. No
+/// acknowledgement is asked for: a heartbeat lost on the way is replaced by the next.
+pub async fn publish_heartbeat(
+    nats: &async_nats::Client,
+    heartbeat: &Heartbeat,
+) -> Result<(), String> {
+    let body = serde_json::to_vec(heartbeat).expect("heartbeat serializes");
+    nats.publish_with_headers(
+        subject::heartbeat_put(&heartbeat.cluster),
+        trace::headers(None),
+        body.into(),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
 pub async fn register(
     nats: &async_nats::Client,
     config: &ProberConfig,
@@ -160,7 +197,7 @@ pub async fn register(
     let body = serde_json::to_vec(&registration).expect("registration serializes");
     let reply = tokio::time::timeout(
         Duration::from_secs(5),
-        nats.request(subject::CLUSTER_REGISTER, body.into()),
+        nats.request(subject::cluster_register(&config.cluster), body.into()),
     )
     .await
     .map_err(|_| "hub did not answer".to_owned())?

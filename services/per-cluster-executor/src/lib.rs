@@ -4,8 +4,9 @@
 //! Level-triggered: a command is a nudge. An older generation than the newest command for
 //! the same release is reported `superseded`, a generation the cluster's Helm record already
 //! carries is not applied again, so redelivery, duplicates and reordering are harmless.
-//! Everything it needs is at the edge (commands in `CMD_LOCAL_<cluster>`, charts in `chart-cache`), so
-//! it keeps working while the link to the hub is down.
+//! Everything it needs is at the edge (commands in `CMD_LOCAL_<cluster>`, which the site's
+//! downlink fills from the hub; charts in `chart-cache`), so it keeps working while the link
+//! to the hub is down, and status goes to the site's outbox, which the uplink forwards.
 //!
 //! Crash safety: a command is acknowledged only once its outcome is reported; while one is
 //! worked on, the executor tells the server it is still busy, so a short ack wait redelivers
@@ -81,11 +82,6 @@ fn nats_err(e: impl std::fmt::Display) -> ExecutorError {
 
 /// The durable consumer all executor replicas of a site share.
 const CONSUMER: &str = "executor";
-/// How often the flow of commands is checked (a local stream info) and, while it is quiet,
-/// the hub probed (one JetStream API request over the link).
-const LINK_CHECK: Duration = Duration::from_secs(3);
-/// A stream source sends a heartbeat every second; silence this long means it is stalled.
-const SOURCE_QUIET: Duration = Duration::from_secs(5);
 /// How long commands in hand may take to finish once shutdown begins; within the grace
 /// period process supervisors (and the test bed) give before killing.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
@@ -159,7 +155,6 @@ impl Executor {
             .await
             .map_err(nats_err)?;
         tokio::spawn(self.clone().catch_up(consumer.clone()));
-        tokio::spawn(self.clone().follow_link(shutdown.clone()));
         if let Some(interval) = self.config.drift_interval {
             tokio::spawn(self.clone().correct_drift_forever(
                 consumer.clone(),
@@ -345,94 +340,6 @@ impl Executor {
         }
         .instrument(span)
         .await
-    }
-
-    /// Watches the flow of commands from the hub. While the site's copy (a stream source)
-    /// is quiet, the hub is probed; when it answers, the newest command of each release that
-    /// the hub holds and this site has not received yet is carried out at once, read from
-    /// the hub: after a cut or a hub restart the source can take half a minute to resume
-    /// (nats-server waits that long on a source request it sent meanwhile). While commands
-    /// flow, the hub is not asked anything.
-    async fn follow_link(self: Arc<Self>, shutdown: Shutdown) {
-        // The hub's `CMD` sequence at the last pull: pull again only when it has moved.
-        let mut pulled_at: Option<u64> = None;
-        let mut quiet = false;
-        loop {
-            if pause(&shutdown, LINK_CHECK).await {
-                return;
-            }
-            if !self.source_stalled().await {
-                if quiet {
-                    tracing::info!("commands from the hub flow again");
-                }
-                quiet = false;
-                pulled_at = None;
-                continue;
-            }
-            if !quiet {
-                tracing::info!("commands from the hub have stopped flowing (link or hub down?)");
-                quiet = true;
-            }
-            let probe = tokio::time::timeout(LINK_CHECK, self.hub.get_stream(subject::CMD_STREAM));
-            let Ok(Ok(stream)) = probe.await else {
-                continue;
-            };
-            let last = stream.cached_info().state.last_sequence;
-            if pulled_at == Some(last) {
-                continue;
-            }
-            tracing::info!("the hub answers; fetching newer commands from it directly");
-            match self.pull_from_hub(&stream).await {
-                Ok(()) => pulled_at = Some(last),
-                Err(error) => {
-                    tracing::warn!(%error, "newer commands not fetched; the stream source brings them");
-                }
-            }
-        }
-    }
-
-    /// Whether `CMD_LOCAL_<cluster>`'s source has been silent for longer than its heartbeats allow.
-    async fn source_stalled(&self) -> bool {
-        let Ok(mut stream) = self
-            .local
-            .get_stream(subject::cmd_local_stream(&self.config.cluster))
-            .await
-        else {
-            return false;
-        };
-        let Ok(info) = stream.info().await else {
-            return false;
-        };
-        info.sources
-            .iter()
-            .any(|s| s.active.is_none_or(|quiet| quiet > SOURCE_QUIET))
-    }
-
-    /// Carries out the newest command of each release that the hub holds newer than this
-    /// site's copy.
-    async fn pull_from_hub(&self, stream: &jetstream::stream::Stream) -> Result<(), String> {
-        let subjects: Vec<String> = stream
-            .info_with_subjects(subject::commands_for(&self.config.cluster))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_ok(|(subject, _)| subject)
-            .try_collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        for subject in subjects {
-            let message = stream
-                .get_last_raw_message_by_subject(&subject)
-                .await
-                .map_err(|e| e.to_string())?;
-            let Ok(desired) = decode::<DesiredRelease>("command", &message.payload) else {
-                continue;
-            };
-            let here = self.newest_generation(&subject).await.ok().flatten();
-            if here.is_none_or(|g| g < desired.generation) {
-                self.settle_newest(&desired, &subject, "link_back").await;
-            }
-        }
-        Ok(())
     }
 
     /// Every release subject this site holds commands for.
@@ -814,11 +721,12 @@ impl Executor {
         .await
     }
 
-    /// Publishes a status event into the cluster's `STATUS_<cluster>` stream (the hub sources it whenever
-    /// the link is up), retrying while the local server is unavailable.
+    /// Stores a status event in the cluster's outbox `STATUS_<cluster>` (the site's uplink
+    /// forwards it to the hub whenever the link is up), retrying while the local server is
+    /// unavailable.
     async fn publish_status(&self, status: ReleaseStatus) {
         let body = serde_json::to_vec(&status).expect("status serializes");
-        let subject = subject::release_status(&status.cluster, &status.namespace, &status.release);
+        let subject = subject::outbox_status(&status.cluster, &status.namespace, &status.release);
         for attempt in 1..=10u64 {
             let published = async {
                 self.local

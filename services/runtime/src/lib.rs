@@ -37,6 +37,21 @@ pub async fn start_service(
     Ok((client, shutdown))
 }
 
+/// [`start_service`] for a service at an edge site serving `cluster`: its connection uses
+/// the site's inbox prefix, the only one under which the hub sends replies over the link.
+pub async fn start_edge_service(
+    nats: &args::NatsArgs,
+    telemetry_args: &args::TelemetryArgs,
+    name: &'static str,
+    cluster: &str,
+) -> Result<(async_nats::Client, shutdown::Shutdown), ConnectError> {
+    telemetry::init(telemetry_args, name);
+    let shutdown = shutdown::Shutdown::on_signals();
+    let prefix = optikon_core::subject::edge_inbox_prefix(cluster);
+    let client = connect_url_with(&nats.nats_url, name, Some(&prefix)).await?;
+    Ok((client, shutdown))
+}
+
 /// Connects to NATS, retrying the first connection so services can start before the server.
 pub async fn connect(
     args: &args::NatsArgs,
@@ -47,11 +62,23 @@ pub async fn connect(
 
 /// Connects to `url`; credentials may be given in it as `nats://user:password@host:port`.
 pub async fn connect_url(url: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
+    connect_url_with(url, name, None).await
+}
+
+/// [`connect_url`] with the inbox prefix replies come back under (`None`: `_INBOX`).
+pub async fn connect_url_with(
+    url: &str,
+    name: &str,
+    inbox_prefix: Option<&str>,
+) -> Result<async_nats::Client, ConnectError> {
     let (address, credentials) = split_credentials(url);
     let mut options = async_nats::ConnectOptions::new();
     if let Some((user, password)) = credentials {
         // async-nats does not take credentials from the URL itself.
         options = async_nats::ConnectOptions::with_user_and_password(user, password);
+    }
+    if let Some(prefix) = inbox_prefix {
+        options = options.custom_inbox_prefix(prefix);
     }
     options
         .name(name)

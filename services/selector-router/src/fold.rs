@@ -1,5 +1,9 @@
-//! Folds the edges' status into the hub's view: the cluster registry (`clusters`), the
-//! release list (`releases`) and each request's progress (`requests` + events).
+//! Folds the edges' status (`STATUS_HUB`) into the hub's view: the release list
+//! (`releases`) and each request's progress (`requests` + events). Heartbeats are not
+//! folded: each edge keeps its own entry of the `heartbeats` bucket, read where needed.
+//!
+//! A status counts for the cluster its subject names — the hub's permissions let only that
+//! cluster's identity publish there — and one whose body names another cluster is dropped.
 //!
 //! Status may arrive late (a link was down), twice (redelivery) or out of order (several
 //! router replicas); every fold keeps the newest by generation or time, so the result is
@@ -11,10 +15,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::{StreamExt, TryStreamExt};
-use optikon_core::message::{
-    ApiError, ApiVersion, ClusterRecord, Heartbeat, ReleaseState, ReleaseStatus, RequestStatus,
-    decode,
-};
+use optikon_core::message::{ApiError, ReleaseState, ReleaseStatus, RequestStatus, decode};
 use optikon_core::subject;
 use optikon_runtime::shutdown::Shutdown;
 use tokio::sync::oneshot;
@@ -100,73 +101,45 @@ impl RequestFolds {
     }
 }
 
-/// Folds every `STATUS_HUB` shard, each through its own durable consumer.
+/// Folds `STATUS_HUB` through the durable consumer all replicas share.
 pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
     let folds = RequestFolds::default();
-    let shards = (0..subject::STATUS_HUB_SHARDS).map(|shard| {
-        let hub = hub.clone();
-        let folds = folds.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            let stream = subject::status_hub_stream(shard);
-            consume_batches(
-                &hub,
-                &stream,
-                CONSUMER,
-                BATCH,
-                Duration::from_secs(30),
-                Duration::from_secs(1),
-                shutdown,
-                |messages| {
-                    let hub = hub.clone();
-                    let folds = folds.clone();
-                    async move { fold_batch(&hub, &folds, &messages).await }
-                },
-            )
-            .await
-        }
-    });
-    futures::future::try_join_all(shards).await?;
-    Ok(())
+    consume_batches(
+        &hub,
+        subject::STATUS_HUB_STREAM,
+        CONSUMER,
+        BATCH,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        shutdown,
+        |messages| {
+            let hub = hub.clone();
+            let folds = folds.clone();
+            async move { fold_batch(&hub, &folds, &messages).await }
+        },
+    )
+    .await
 }
 
-/// Folds a batch: the newest heartbeat per cluster, the newest status per release, and per
-/// request every status of the batch in one update of its record.
+/// Folds a batch: the newest status per release, and per request every status of the
+/// batch in one update of its record.
 async fn fold_batch(
     hub: &Hub,
     folds: &RequestFolds,
     messages: &[jetstream::Message],
 ) -> Result<(), ApiError> {
-    let mut heartbeats: BTreeMap<String, Heartbeat> = BTreeMap::new();
     let mut statuses = Vec::new();
     for message in messages {
-        if message.subject.ends_with(".heartbeat") {
-            match decode::<Heartbeat>("heartbeat", &message.payload) {
-                Ok(heartbeat) => {
-                    let newest = heartbeats
-                        .entry(heartbeat.cluster.clone())
-                        .or_insert_with(|| heartbeat.clone());
-                    if heartbeat.at > newest.at {
-                        *newest = heartbeat;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, subject = %message.subject, "dropping malformed heartbeat");
-                }
+        match decode::<ReleaseStatus>("release status", &message.payload) {
+            Ok(status) if sent_by(&message.subject, &status) => statuses.push(status),
+            Ok(status) => {
+                tracing::warn!(subject = %message.subject, claimed = %status.cluster, "dropping a status claiming another cluster than its sender");
             }
-        } else {
-            match decode::<ReleaseStatus>("release status", &message.payload) {
-                Ok(status) => statuses.push(status),
-                Err(error) => {
-                    tracing::warn!(%error, subject = %message.subject, "dropping malformed status");
-                }
+            Err(error) => {
+                tracing::warn!(%error, subject = %message.subject, "dropping malformed status");
             }
         }
     }
-    futures::stream::iter(heartbeats.into_values().map(|h| fold_heartbeat(hub, h)))
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<()>()
-        .await?;
 
     // Superseded says nothing about what runs on the cluster: only the request cares.
     let mut newest: BTreeMap<String, &ReleaseStatus> = BTreeMap::new();
@@ -204,38 +177,10 @@ async fn fold_batch(
     .await
 }
 
-/// Keeps the newest heartbeat of a cluster; the first one registers an unknown cluster.
-pub async fn fold_heartbeat(hub: &Hub, heartbeat: Heartbeat) -> Result<(), ApiError> {
-    let key = subject::token(&heartbeat.cluster);
-    for _ in 0..20 {
-        let current = read::<ClusterRecord>(&hub.clusters, &key).await?;
-        let (mut record, revision) = match current {
-            Some((record, revision)) => (record, Some(revision)),
-            None => (
-                ClusterRecord {
-                    api_version: ApiVersion,
-                    name: heartbeat.cluster.clone(),
-                    domain: heartbeat.cluster.clone(),
-                    labels: heartbeat.labels.clone(),
-                    registered_at: heartbeat.at,
-                    last_heartbeat: None,
-                },
-                None,
-            ),
-        };
-        if record
-            .last_heartbeat
-            .as_ref()
-            .is_some_and(|last| last.at >= heartbeat.at)
-        {
-            return Ok(());
-        }
-        record.last_heartbeat = Some(heartbeat.clone());
-        if write_if(&hub.clusters, &key, &record, revision).await? {
-            return Ok(());
-        }
-    }
-    Err(internal("fold heartbeat", "too many concurrent updates"))
+/// Whether `status` came from the cluster it is about: the one its subject names.
+fn sent_by(subject: &str, status: &ReleaseStatus) -> bool {
+    subject::cluster_of_status_subject(subject).as_deref() == Some(status.cluster.as_str())
+        && subject == subject::release_status(&status.cluster, &status.namespace, &status.release)
 }
 
 /// Whether `new` should replace `old` as what is known of one release generation.

@@ -1,8 +1,10 @@
-//! Edges announce themselves on `optikon.api.cluster.register`; the hub starts sourcing
-//! their `STATUS_<cluster>` stream and records them in the cluster registry.
+//! Edges announce themselves on `optikon.api.cluster.register.<cluster>`; the hub makes
+//! sure the cluster's command consumer (`edge-<cluster>` on `CMD`) exists and records the
+//! cluster in the registry.
 //!
-//! Registrations that arrive together (a fleet coming online, a hub restart) are handled as
-//! one batch: one update per `STATUS_HUB` shard instead of one per cluster.
+//! Who registers is the subject's last token, never the body: the hub's permissions let
+//! only the cluster's own identity publish on its subject, so a site cannot register as
+//! another. A body naming another cluster than its subject is refused.
 
 use futures::{FutureExt, StreamExt};
 use optikon_core::message::{
@@ -10,7 +12,7 @@ use optikon_core::message::{
 };
 use optikon_core::{names, subject};
 use optikon_runtime::shutdown::Shutdown;
-use optikon_runtime::topology::{self, EdgeStatusSource};
+use optikon_runtime::topology;
 
 use crate::{Hub, internal, read, write_if};
 
@@ -19,7 +21,10 @@ const BATCH: usize = 256;
 
 pub async fn run(client: async_nats::Client, hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut requests = client
-        .queue_subscribe(subject::CLUSTER_REGISTER, "selector-router".into())
+        .queue_subscribe(
+            format!("{}.*", subject::CLUSTER_REGISTER_PREFIX),
+            "selector-router".into(),
+        )
         .await?;
     loop {
         let first = tokio::select! {
@@ -33,8 +38,11 @@ pub async fn run(client: async_nats::Client, hub: Hub, shutdown: Shutdown) -> an
                 _ => break,
             }
         }
-        let bodies: Vec<&[u8]> = batch.iter().map(|m| m.payload.as_ref()).collect();
-        let replies = register_all(&hub, &bodies).await;
+        let registrations: Vec<(&str, &[u8])> = batch
+            .iter()
+            .map(|m| (m.subject.as_str(), m.payload.as_ref()))
+            .collect();
+        let replies = register_all(&hub, &registrations).await;
         for (message, reply) in batch.iter().zip(replies) {
             if let Some(inbox) = &message.reply {
                 let reply: Reply<ClusterRecord> = reply.into();
@@ -45,41 +53,23 @@ pub async fn run(client: async_nats::Client, hub: Hub, shutdown: Shutdown) -> an
     }
 }
 
-/// Registers each body, answering each on its own: a bad registration does not fail the
-/// others of its batch.
-pub async fn register_all(hub: &Hub, bodies: &[&[u8]]) -> Vec<Result<ClusterRecord, ApiError>> {
-    let checked: Vec<Result<ClusterRegistration, ApiError>> =
-        bodies.iter().map(|body| check(body)).collect();
-    let edges: Vec<EdgeStatusSource> = checked
-        .iter()
-        .flatten()
-        .map(|r| EdgeStatusSource {
-            domain: r.domain.clone(),
-            cluster: r.name.clone(),
-        })
-        .collect();
-    let sourced = match topology::add_edge_sources(&hub.js, &edges).await {
-        Ok(added) => {
-            if !added.is_empty() {
-                tracing::info!(clusters = added.len(), "now sourcing the edges' status");
-            }
-            Ok(())
-        }
-        Err(e) => Err(internal("source edge status", e)),
-    };
-    let records = checked.into_iter().map(|registration| {
-        let sourced = sourced.clone();
-        async move { record(hub, registration?, sourced).await }
+/// Registers each `(subject, body)`, answering each on its own: a bad registration does not
+/// fail the others of its batch.
+pub async fn register_all(
+    hub: &Hub,
+    registrations: &[(&str, &[u8])],
+) -> Vec<Result<ClusterRecord, ApiError>> {
+    let work = registrations.iter().map(|(subject, body)| async move {
+        let registration = check(subject, body)?;
+        topology::ensure_edge_consumer(&hub.js, &registration.name)
+            .await
+            .map_err(|e| internal("set up the cluster's command consumer", e))?;
+        record(hub, registration).await
     });
-    futures::stream::iter(records).buffered(32).collect().await
+    futures::stream::iter(work).buffered(32).collect().await
 }
 
-async fn record(
-    hub: &Hub,
-    registration: ClusterRegistration,
-    sourced: Result<(), ApiError>,
-) -> Result<ClusterRecord, ApiError> {
-    sourced?;
+async fn record(hub: &Hub, registration: ClusterRegistration) -> Result<ClusterRecord, ApiError> {
     let key = subject::token(&registration.name);
     for _ in 0..20 {
         if let Some((record, _)) = read::<ClusterRecord>(&hub.clusters, &key).await? {
@@ -101,8 +91,27 @@ async fn record(
     Err(internal("register cluster", "too many concurrent updates"))
 }
 
-fn check(body: &[u8]) -> Result<ClusterRegistration, ApiError> {
+/// Checks a registration; the cluster it is for is the one its subject names.
+fn check(subject: &str, body: &[u8]) -> Result<ClusterRegistration, ApiError> {
+    let caller = subject::cluster_of_api_subject(subject::CLUSTER_REGISTER_PREFIX, subject)
+        .map(subject::untoken)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("registration on {subject:?} names no cluster"),
+            )
+        })?;
     let registration: ClusterRegistration = decode("cluster registration", body)?;
+    if registration.name != caller {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "registration for cluster {:?} arrived with the identity of cluster {caller:?}; \
+                 a site registers only itself",
+                registration.name
+            ),
+        ));
+    }
     names::validate_cluster_name(&registration.name)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("cluster name: {e}")))?;
     names::validate_cluster_name(&registration.domain)
@@ -113,4 +122,26 @@ fn check(body: &[u8]) -> Result<ClusterRegistration, ApiError> {
             .map_err(|e| ApiError::new(ErrorCode::BadLabel, e.to_string()))?;
     }
     Ok(registration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(name: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "optikon/v1", "name": name, "domain": name, "labels": {}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_site_registers_only_under_its_own_subject() {
+        let subject = subject::cluster_register("copenhagen-1");
+        assert_eq!(check(&subject, &body("copenhagen-1")).unwrap().name, "copenhagen-1");
+        let err = check(&subject, &body("copenhagen-2")).unwrap_err();
+        assert!(err.message.contains("identity of cluster \"copenhagen-1\""), "{err}");
+        let err = check(subject::CLUSTER_REGISTER_PREFIX, &body("copenhagen-1")).unwrap_err();
+        assert!(err.message.contains("names no cluster"), "{err}");
+    }
 }

@@ -3,18 +3,20 @@
 //! One process serves many clusters behind one leaf node and does, per cluster, what the
 //! health-prober and the per-cluster-executor do on the wire, with no Kubernetes behind it:
 //! it sets up the cluster's edge streams (`CMD_LOCAL_<cluster>`, `STATUS_<cluster>`) with
-//! the services' own topology code, registers with the hub, stores a heartbeat in
-//! `STATUS_<cluster>` every interval, and answers each command from `CMD_LOCAL_<cluster>`
-//! with a final status (`deployed`, or `uninstalled`) for the command's generation before
+//! the services' own topology code, registers with the hub, runs the prober's own site
+//! link (`health_prober::link`: the downlink pulling the cluster's commands from its
+//! consumer at the hub, the uplink forwarding its outbox), puts a heartbeat into the hub's
+//! `heartbeats` bucket every interval, and answers each command from `CMD_LOCAL_<cluster>`
+//! with a final status (`deployed`, or `uninstalled`) in the cluster's outbox before
 //! acknowledging it. Everything travels over the real leaf link; the hub cannot tell these
 //! clusters from real ones, which is the point: the hub's cost is what is measured.
 //!
-//! Commands reach the process through one durable push consumer per cluster delivering on
-//! `sim.deliver.<cluster>`, each with its own subscription: the executor's pull consumer
-//! per cluster is the same JetStream state at the edge, without thousands of outstanding
-//! pull requests in one process. (With one wildcard subscription for all of them instead,
-//! nats-server 2.14.9 reported the push consumers as having no interest and delivered
-//! nothing.)
+//! At the edge, commands reach the process through one durable push consumer per cluster
+//! on `CMD_LOCAL_<cluster>` delivering on `sim.deliver.<cluster>`, each with its own
+//! subscription: the executor's pull consumer per cluster is the same JetStream state at
+//! the edge, without thousands more outstanding pull requests in one process. (With one
+//! wildcard subscription for all of them instead, nats-server 2.14.9 reported the push
+//! consumers as having no interest and delivered nothing.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -71,7 +73,13 @@ pub struct SimConfig {
 /// Sets up and registers every cluster, prints `ready <n>`, then heartbeats and answers
 /// commands until the process is stopped.
 pub async fn run(config: SimConfig) -> anyhow::Result<()> {
-    let client = optikon_runtime::connect_url(&config.nats_url, "optikon-sim-edges").await?;
+    // The leaf node's user at the hub lets replies cross under the site's inbox prefix only.
+    let client = optikon_runtime::connect_url_with(
+        &config.nats_url,
+        "optikon-sim-edges",
+        Some(&subject::edge_inbox_prefix(&config.domain)),
+    )
+    .await?;
     let js = jetstream::new(client.clone());
     let names: Vec<(usize, String)> = config
         .clusters
@@ -105,9 +113,18 @@ pub async fn run(config: SimConfig) -> anyhow::Result<()> {
     .buffer_unordered(SETUP_CONCURRENCY)
     .try_collect::<()>()
     .await?;
+    // Each cluster's link, as its prober runs it; never stopped (the process is killed).
+    let shutdown = optikon_runtime::shutdown::Shutdown::new();
+    let links: Vec<_> = names
+        .iter()
+        .flat_map(|(_, name)| {
+            health_prober::spawn_link(client.clone(), name.clone(), shutdown.clone())
+        })
+        .collect();
     println!("ready {}", names.len());
 
-    let heartbeats = tokio::spawn(heartbeat(js, names, config.heartbeat));
+    let heartbeats = tokio::spawn(heartbeat(client.clone(), names, config.heartbeat));
+    let _links = links;
     tokio::select! {
         r = answering => r?,
         r = heartbeats => r?,
@@ -156,7 +173,7 @@ async fn register(
     for _ in 0..10 {
         let reply = tokio::time::timeout(
             Duration::from_secs(30),
-            client.request(subject::CLUSTER_REGISTER, body.clone().into()),
+            client.request(subject::cluster_register(cluster), body.clone().into()),
         )
         .await;
         match reply {
@@ -177,14 +194,13 @@ async fn register(
 /// Every cluster's heartbeat once per interval, spread evenly over it; the first round goes
 /// out at once, as every prober starting together would.
 async fn heartbeat(
-    js: jetstream::Context,
+    client: async_nats::Client,
     clusters: Vec<(usize, String)>,
     interval: Duration,
 ) -> anyhow::Result<()> {
     let gap = interval / clusters.len().max(1) as u32;
     let mut ticker = tokio::time::interval(gap);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut acks = futures::stream::FuturesUnordered::new();
     for (round, (index, name)) in clusters.iter().cycle().enumerate() {
         if round >= clusters.len() {
             ticker.tick().await;
@@ -203,23 +219,9 @@ async fn heartbeat(
             interval_seconds: interval.as_secs().max(1) as u32,
             at: Timestamp::now(),
         };
-        let ack = js
-            .publish(
-                subject::heartbeat(name),
-                serde_json::to_vec(&heartbeat)?.into(),
-            )
-            .await?;
-        acks.push(ack.into_future());
-        // Collect acknowledgements as they come, keeping a bounded number in flight.
-        while acks.len() > 256 {
-            if let Some(Err(error)) = acks.next().await {
-                eprintln!("heartbeat of a simulated cluster not stored: {error}");
-            }
-        }
-        while let Some(Some(result)) = futures::FutureExt::now_or_never(acks.next()) {
-            if let Err(error) = result {
-                eprintln!("heartbeat of a simulated cluster not stored: {error}");
-            }
+        // What the prober does: one unacknowledged put of the cluster's own entry.
+        if let Err(error) = health_prober::publish_heartbeat(&client, &heartbeat).await {
+            eprintln!("heartbeat of a simulated cluster not sent: {error}");
         }
     }
     unreachable!("the cluster list cycles forever")
@@ -278,8 +280,9 @@ async fn answer(
         first_deployed: None,
         at: Timestamp::now(),
     };
+    // Into the cluster's outbox, as the executor does; the uplink forwards it.
     js.publish(
-        subject::release_status(&desired.cluster, &desired.namespace, &desired.release),
+        subject::outbox_status(&desired.cluster, &desired.namespace, &desired.release),
         serde_json::to_vec(&status)?.into(),
     )
     .await?

@@ -186,9 +186,9 @@ async fn once(
         command,
     )
     .await?;
-    let status_edge =
-        stored_last(local, subject::status_stream(STEPS_SITE), status.clone()).await?;
-    let status_hub = stored_last(hub, subject::status_hub_stream_for(STEPS_SITE), status).await?;
+    let outbox = subject::outbox_status(STEPS_SITE, NAMESPACE, release);
+    let status_edge = stored_last(local, subject::status_stream(STEPS_SITE), outbox).await?;
+    let status_hub = stored_last(hub, subject::STATUS_HUB_STREAM.into(), status).await?;
 
     let events = logs::events_in(&bench.executor_logs(STEPS_SITE), release);
     let at = |message: &str| logs::first(&events, message).map(|e: &Event| e.at);

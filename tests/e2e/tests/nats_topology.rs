@@ -1,15 +1,19 @@
-//! The NATS topology on real nats-servers: hub → edge commands, edge → hub status, per-edge
-//! permissions, and store-and-forward across a cut leaf link.
+//! The NATS topology on real nats-servers: hub → edge commands through each site's
+//! downlink, edge → hub status through its uplink, per-edge permissions, and store and
+//! forward across a cut leaf link. (`hostile_edge.rs` tries everything a stolen edge could.)
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::{self, stream::Stream};
+use bytes::Bytes;
+use optikon_core::message::{Action, ApiVersion, DesiredRelease, Timestamp};
 use optikon_core::subject;
 use optikon_e2e::eventually;
+use optikon_runtime::shutdown::Shutdown;
 use optikon_runtime::topology;
-use optikon_testbed::{Site, Testbed, TestbedConfig};
+use optikon_testbed::{HubRole, Site, Testbed, TestbedConfig};
 
 /// A NATS-only test bed: these tests need no Kubernetes, so they start their own in a second.
 fn nats_testbed() -> Testbed {
@@ -26,23 +30,72 @@ struct Sites {
     hub: async_nats::Client,
     hub_js: jetstream::Context,
     edges: BTreeMap<String, (async_nats::Client, jetstream::Context)>,
+    _shutdown: Shutdown,
 }
 
+/// Sets the hub up as the router does (topology, each edge's command consumer) and runs each
+/// site's link as its prober does.
 async fn connect_and_set_up(testbed: &Testbed) -> anyhow::Result<Sites> {
-    let hub = optikon_runtime::connect_url(&testbed.hub_url(), "test").await?;
+    let router = optikon_runtime::connect_url(&testbed.role_url(HubRole::Router), "test").await?;
+    let router_js = jetstream::new(router.clone());
+    topology::ensure_hub(&router_js).await?;
+    let hub = optikon_runtime::connect_url(&testbed.admin_url(), "test").await?;
     let hub_js = jetstream::new(hub.clone());
-    topology::ensure_hub(&hub_js).await?;
+    let shutdown = Shutdown::new();
     let mut edges = BTreeMap::new();
     for edge in &testbed.edges {
-        let client = optikon_runtime::connect_url(&edge.nats_url(), "test").await?;
+        let name = &edge.site.name;
+        topology::ensure_edge_consumer(&router_js, name).await?;
+        // Set up twice, as a re-registration would: the second changes nothing.
+        topology::ensure_edge_consumer(&router_js, name).await?;
+        let client = optikon_runtime::connect_url_with(
+            &edge.nats_url(),
+            "test",
+            Some(&subject::edge_inbox_prefix(name)),
+        )
+        .await?;
         let js = jetstream::new(client.clone());
-        topology::ensure_edge(&js, &edge.site.name).await?;
-        assert!(topology::add_edge_source(&hub_js, &edge.site.name, &edge.site.name).await?);
-        // A second registration of the same edge changes nothing.
-        assert!(!topology::add_edge_source(&hub_js, &edge.site.name, &edge.site.name).await?);
-        edges.insert(edge.site.name.clone(), (client, js));
+        topology::ensure_edge(&js, name).await?;
+        health_prober::spawn_link(client.clone(), name.clone(), shutdown.clone());
+        edges.insert(name.clone(), (client, js));
     }
-    Ok(Sites { hub, hub_js, edges })
+    Ok(Sites {
+        hub,
+        hub_js,
+        edges,
+        _shutdown: shutdown,
+    })
+}
+
+/// A command as the router writes it, with `tag` as its request id.
+fn command(cluster: &str, release: &str, tag: &str) -> Bytes {
+    let desired = DesiredRelease {
+        api_version: ApiVersion,
+        cluster: cluster.into(),
+        namespace: "default".into(),
+        release: release.into(),
+        generation: 1,
+        request_id: tag.into(),
+        action: Action::Uninstall,
+        chart: None,
+        values: serde_json::json!({}),
+        rollback_to: None,
+        requested_at: Timestamp::now(),
+    };
+    serde_json::to_vec(&desired).unwrap().into()
+}
+
+/// The request ids (tags) of the commands in a stream, in order.
+async fn command_tags(js: &jetstream::Context, name: &str) -> anyhow::Result<Vec<String>> {
+    Ok(stream_payloads(js, name)
+        .await?
+        .iter()
+        .map(|p| {
+            serde_json::from_str::<DesiredRelease>(p)
+                .map(|d| d.request_id)
+                .unwrap_or_else(|_| format!("unreadable: {p}"))
+        })
+        .collect())
 }
 
 /// Payloads of every message in a stream, in order.
@@ -73,7 +126,7 @@ async fn commands_reach_only_their_edge_and_status_comes_back() -> anyhow::Resul
 
     let ack = sites
         .hub_js
-        .publish(subject::command(c1, "default", "web"), "cmd-for-1".into())
+        .publish(subject::command(c1, "default", "web"), command(c1, "web", "cmd-for-1"))
         .await?
         .await?;
     assert_eq!(ack.stream, subject::CMD_STREAM);
@@ -84,7 +137,7 @@ async fn commands_reach_only_their_edge_and_status_comes_back() -> anyhow::Resul
         "command in copenhagen-1's CMD_LOCAL_copenhagen-1",
         Duration::from_secs(20),
         || async {
-            let got = stream_payloads(edge1, &subject::cmd_local_stream(c1)).await?;
+            let got = command_tags(edge1, &subject::cmd_local_stream(c1)).await?;
             Ok((got == ["cmd-for-1"]).then_some(()))
         },
     )
@@ -96,21 +149,18 @@ async fn commands_reach_only_their_edge_and_status_comes_back() -> anyhow::Resul
         "copenhagen-2 must not receive copenhagen-1's commands"
     );
 
+    // Into copenhagen-1's outbox at the edge; its uplink forwards it.
     edge1
         .publish(
-            subject::release_status(c1, "default", "web"),
+            subject::outbox_status(c1, "default", "web"),
             "status-from-1".into(),
         )
         .await?
         .await?;
-    eventually(
-        "status in the hub's STATUS_HUB shard",
-        Duration::from_secs(20),
-        || async {
-            let got = stream_payloads(&sites.hub_js, &subject::status_hub_stream_for(c1)).await?;
-            Ok((got == ["status-from-1"]).then_some(()))
-        },
-    )
+    eventually("status in the hub's STATUS_HUB", Duration::from_secs(20), || async {
+        let got = stream_payloads(&sites.hub_js, subject::STATUS_HUB_STREAM).await?;
+        Ok((got == ["status-from-1"]).then_some(()))
+    })
     .await?;
     Ok(())
 }
@@ -123,8 +173,7 @@ async fn an_edge_cannot_see_or_speak_for_another_edge() -> anyhow::Result<()> {
     let edge1 = &sites.edges[c1].0;
     let edge2 = &sites.edges[c2].0;
 
-    // Both edges listen for copenhagen-1's commands; only copenhagen-1 may get them.
-    let mut own = edge1.subscribe(subject::commands_for(c1)).await?;
+    // copenhagen-2 listens for copenhagen-1's commands; it must never get them.
     let mut foreign = edge2.subscribe(subject::commands_for(c1)).await?;
     // And the hub listens for status that copenhagen-2 claims comes from copenhagen-1.
     let mut hub_status = sites.hub.subscribe(subject::status_for(c1)).await?;
@@ -135,8 +184,9 @@ async fn an_edge_cannot_see_or_speak_for_another_edge() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     sites
-        .hub
-        .publish(subject::command(c1, "default", "web"), "hello".into())
+        .hub_js
+        .publish(subject::command(c1, "default", "web"), command(c1, "web", "hello"))
+        .await?
         .await?;
     edge2
         .publish(
@@ -155,11 +205,12 @@ async fn an_edge_cannot_see_or_speak_for_another_edge() -> anyhow::Result<()> {
     edge2.flush().await?;
 
     use futures::StreamExt;
-    let got = tokio::time::timeout(Duration::from_secs(5), own.next()).await?;
-    assert_eq!(
-        got.context("own subscription ended")?.payload.as_ref(),
-        b"hello"
-    );
+    let own = &sites.edges[c1].1;
+    eventually("the command in copenhagen-1's CMD_LOCAL", Duration::from_secs(20), || async {
+        let got = command_tags(own, &subject::cmd_local_stream(c1)).await?;
+        Ok((got == ["hello"]).then_some(()))
+    })
+    .await?;
     let status = tokio::time::timeout(Duration::from_secs(5), hub_status.next()).await?;
     assert_eq!(
         status.context("hub subscription ended")?.payload.as_ref(),
@@ -195,16 +246,18 @@ async fn a_cut_link_loses_and_duplicates_nothing() -> anyhow::Result<()> {
     // keeps reporting status.
     for i in 0..N {
         let headers = optikon_runtime::trace::headers(Some(&format!("cmd-{i}")));
-        let subject = subject::command(site, "default", &format!("app{}", i % 5));
+        let release = format!("app{}", i % 5);
+        let subject = subject::command(site, "default", &release);
+        let body = command(site, &release, &format!("cmd-{i}"));
         sites
             .hub_js
-            .publish_with_headers(subject.clone(), headers.clone(), format!("cmd-{i}").into())
+            .publish_with_headers(subject.clone(), headers.clone(), body.clone())
             .await?
             .await?;
         if i == 7 {
             let again = sites
                 .hub_js
-                .publish_with_headers(subject, headers, format!("cmd-{i}").into())
+                .publish_with_headers(subject, headers, body)
                 .await?
                 .await?;
             assert!(
@@ -214,7 +267,7 @@ async fn a_cut_link_loses_and_duplicates_nothing() -> anyhow::Result<()> {
         }
         edge_js
             .publish(
-                subject::release_status(site, "default", "web"),
+                subject::outbox_status(site, "default", "web"),
                 format!("status-{i}").into(),
             )
             .await?
@@ -235,7 +288,7 @@ async fn a_cut_link_loses_and_duplicates_nothing() -> anyhow::Result<()> {
         "all commands at the edge, once each, in order",
         Duration::from_secs(60),
         || async {
-            let got = stream_payloads(&edge_js, &subject::cmd_local_stream(site)).await?;
+            let got = command_tags(&edge_js, &subject::cmd_local_stream(site)).await?;
             if got.len() > N {
                 anyhow::bail!(
                     "duplicates at the edge: {} messages for {N} commands",
@@ -246,18 +299,22 @@ async fn a_cut_link_loses_and_duplicates_nothing() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let expected_status: Vec<String> = (0..N).map(|i| format!("status-{i}")).collect();
+    // Status is folded by generation and finality, not by arrival, so the uplink may send
+    // a retried report after a later one; each arrives once.
+    let mut expected_status: Vec<String> = (0..N).map(|i| format!("status-{i}")).collect();
+    expected_status.sort();
     eventually(
-        "all status at the hub, once each, in order",
+        "all status at the hub, once each",
         Duration::from_secs(60),
         || async {
-            let got = stream_payloads(&sites.hub_js, &subject::status_hub_stream_for(site)).await?;
+            let mut got = stream_payloads(&sites.hub_js, subject::STATUS_HUB_STREAM).await?;
             if got.len() > N {
                 anyhow::bail!(
                     "duplicates at the hub: {} messages for {N} reports",
                     got.len()
                 );
             }
+            got.sort();
             Ok((got == expected_status).then_some(()))
         },
     )

@@ -362,7 +362,7 @@ async fn a_request_published_twice_applies_once() -> anyhow::Result<()> {
         "command carries the trace"
     );
     let status = js
-        .get_stream(subject::status_hub_stream_for("copenhagen-2"))
+        .get_stream(subject::STATUS_HUB_STREAM)
         .await?
         .get_last_raw_message_by_subject(&subject::release_status("copenhagen-2", "dup", "twice"))
         .await?;

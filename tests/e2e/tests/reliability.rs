@@ -188,51 +188,30 @@ async fn link_cut_stores_and_forwards_both_ways() -> anyhow::Result<()> {
 
     let mut tally = verify(&testbed, &js, &ops, &settled, &baseline, &BTreeSet::new()).await?;
 
-    // Heartbeats made while cut off: every one the edge stored reached the hub, once.
-    let hb_subject = subject::heartbeat(site);
-    let window =
-        |at: Timestamp| cut_at.seconds_until(at) > 0.5 && at.seconds_until(restore_at) > 0.5;
-    let edge_js = edge_js(&testbed, site).await?;
-    let at_edge: Vec<Timestamp> =
-        stream_messages(&edge_js, &subject::status_stream(site), &hb_subject)
-            .await?
-            .iter()
-            .filter_map(|b| heartbeat_at(b))
-            .filter(|at| window(*at))
-            .collect();
-    let made = at_edge.len();
-    let expected = (cut_at.seconds_until(restore_at) / HEARTBEAT_SECONDS as f64) as usize;
-    ensure!(
-        made + 3 >= expected,
-        "the prober made {made} heartbeats in a {expected}-interval cut"
-    );
-    let arrived = optikon_e2e::eventually(
-        "the cut-off heartbeats reach the hub",
-        Duration::from_secs(30),
+    // Heartbeats are not stored and forwarded (only the newest matters): once the link is
+    // back, the hub has a heartbeat made after the restore within two intervals.
+    let fresh = optikon_e2e::eventually(
+        "a heartbeat made after the restore reaches the hub",
+        Duration::from_secs(3 * HEARTBEAT_SECONDS),
         || async {
-            let at_hub: Vec<Timestamp> =
-                stream_messages(&js, &subject::status_hub_stream_for(site), &hb_subject)
-                    .await?
-                    .iter()
-                    .filter_map(|b| heartbeat_at(b))
-                    .filter(|at| window(*at))
-                    .collect();
-            Ok((at_hub.len() >= made).then_some(at_hub))
+            let (_, last_seen) = hub_health(&testbed, site)?;
+            Ok(last_seen.filter(|at| restore_at.seconds_until(*at) > 0.0))
         },
     )
-    .await?;
-    let distinct: BTreeSet<Timestamp> = arrived.iter().copied().collect();
-    tally.tried += made;
-    tally.lost += at_edge.iter().filter(|at| !distinct.contains(at)).count();
-    tally.duplicated += arrived.len() - distinct.len();
+    .await;
+    tally.tried += 1;
+    if let Err(error) = fresh {
+        tally.lost += 1;
+        tally.problems.push(error.to_string());
+    }
 
     finish(
-        "link cut, restored (requests queued at the hub, heartbeats at the edge)",
+        "link cut, restored (requests queued at the hub, status at the edge)",
         &tally,
         &at_edge_settled,
         &settled.converge,
         &format!(
-            "{} requests × 2 sites, {made} heartbeats made while cut, cut {:.0} s",
+            "{} requests × 2 sites, a fresh heartbeat after it, cut {:.0} s",
             ops.len(),
             cut_instant.elapsed().as_secs_f64() - restored.elapsed().as_secs_f64()
         ),
@@ -706,6 +685,7 @@ async fn drift_on_a_cut_off_edge_is_corrected_and_reported() -> anyhow::Result<(
     let mut reported = Vec::new();
     for release in ["drift-a", "drift-b"] {
         let subject = subject::release_status(site, ns, release);
+        let outbox = subject::outbox_status(site, ns, release);
         let during_cut = |bodies: Vec<bytes::Bytes>| -> Vec<ReleaseStatus> {
             bodies
                 .iter()
@@ -716,14 +696,14 @@ async fn drift_on_a_cut_off_edge_is_corrected_and_reported() -> anyhow::Result<(
                 .collect()
         };
         let at_edge =
-            during_cut(stream_messages(&edge_js, &subject::status_stream(site), &subject).await?);
+            during_cut(stream_messages(&edge_js, &subject::status_stream(site), &outbox).await?);
         let made = at_edge.len();
         let at_hub = optikon_e2e::eventually(
             "drift reports reach the hub",
             Duration::from_secs(30),
             || async {
                 let at_hub = during_cut(
-                    stream_messages(&js, &subject::status_hub_stream_for(site), &subject).await?,
+                    stream_messages(&js, subject::STATUS_HUB_STREAM, &subject).await?,
                 );
                 Ok((at_hub.len() >= made).then_some(at_hub))
             },
@@ -1905,7 +1885,7 @@ data: [this is: not, valid
 }
 
 async fn hub_js(testbed: &Testbed) -> anyhow::Result<jetstream::Context> {
-    let client = optikon_runtime::connect_url(&testbed.hub_url(), "reliability-test").await?;
+    let client = optikon_runtime::connect_url(&testbed.admin_url(), "reliability-test").await?;
     Ok(jetstream::new(client))
 }
 
@@ -1946,11 +1926,6 @@ async fn stream_messages(
     Ok(bodies)
 }
 
-fn heartbeat_at(body: &[u8]) -> Option<Timestamp> {
-    serde_json::from_slice::<optikon_core::message::Heartbeat>(body)
-        .ok()
-        .map(|h| h.at)
-}
 
 /// A site's health and last-seen time as `optikon clusters` shows them now.
 fn hub_health(testbed: &Testbed, site: &str) -> anyhow::Result<(Health, Option<Timestamp>)> {

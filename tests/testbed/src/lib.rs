@@ -6,6 +6,7 @@
 //! runs the same thing from a shell; integration tests use it through [`Testbed::start`].
 
 pub mod cluster;
+pub mod identity;
 pub mod link;
 pub mod nats;
 pub mod process;
@@ -21,6 +22,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::KubeCluster;
+pub use crate::identity::HubRole;
+use crate::identity::{NkeyUser, TlsFiles};
 use crate::link::LinkProxy;
 use crate::nats::{ClusterScope, EdgeCredentials, NatsServer};
 use crate::services::{ServiceProcess, ServiceSpec};
@@ -168,6 +171,8 @@ pub struct EdgeSite {
     pub leaf: NatsServer,
     pub link: LinkProxy,
     pub cluster: Option<KubeCluster>,
+    /// The site's NATS identity at the hub (its leaf node dials in with it).
+    pub identity: NkeyUser,
     local_password: String,
 }
 
@@ -185,7 +190,8 @@ pub struct Testbed {
     keep_dir: bool,
     tools: Tools,
     pub hub: NatsServer,
-    hub_password: String,
+    roles: nats::RolePasswords,
+    pub tls: TlsFiles,
     pub edges: Vec<EdgeSite>,
     pub services: Vec<ServiceProcess>,
     runtime_stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -209,24 +215,31 @@ impl Testbed {
         let credentials: Vec<EdgeCredentials> = config
             .sites
             .iter()
-            .map(|s| EdgeCredentials {
-                name: s.name.clone(),
-                password: nats::random_secret(),
-                clusters: if config.multi_cluster_sites {
-                    ClusterScope::Any
-                } else {
-                    ClusterScope::Own
-                },
+            .map(|s| {
+                Ok(EdgeCredentials {
+                    name: s.name.clone(),
+                    identity: NkeyUser::generate()?,
+                    clusters: if config.multi_cluster_sites {
+                        ClusterScope::Any
+                    } else {
+                        ClusterScope::Own
+                    },
+                })
             })
+            .collect::<Result<_, Error>>()?;
+        let roles: nats::RolePasswords = HubRole::ALL
+            .iter()
+            .map(|role| (*role, nats::random_secret()))
             .collect();
-        let hub_password = nats::random_secret();
+        let tls = identity::make_tls(&dir)?;
         let (hub_port, hub_monitor, hub_leaf) = (free_port()?, free_port()?, free_port()?);
         let hub_config = nats::hub_config(
             hub_port,
             hub_monitor,
             hub_leaf,
             &dir.join("hub-store"),
-            &hub_password,
+            &tls,
+            &roles,
             &credentials,
         )?;
         let hub = NatsServer::start(
@@ -253,7 +266,8 @@ impl Testbed {
                 monitor,
                 &dir.join(format!("{}-store", site.name)),
                 link.listen_addr().port(),
-                &creds.password,
+                &creds.identity,
+                &tls.ca,
                 &local_password,
             )?;
             let leaf = NatsServer::start(&nats_server, &site.name, &dir, &conf, port, monitor)?;
@@ -262,6 +276,7 @@ impl Testbed {
                 leaf,
                 link,
                 cluster: None,
+                identity: creds.identity.clone(),
                 local_password,
             });
         }
@@ -271,7 +286,8 @@ impl Testbed {
             keep_dir: config.keep_dir,
             tools,
             hub,
-            hub_password,
+            roles,
+            tls,
             edges,
             services: Vec::new(),
             runtime_stop: Some(runtime_stop),
@@ -326,11 +342,26 @@ impl Testbed {
         &self.tools
     }
 
+    /// The hub as an operator reaches it (the `optikon` and `nats` CLIs): what a person
+    /// may do, no more. See [`Testbed::role_url`] for the other roles.
     pub fn hub_url(&self) -> String {
+        self.role_url(HubRole::Operator)
+    }
+
+    /// The hub as `role` reaches it (`nats://user:password@127.0.0.1:port`).
+    pub fn role_url(&self, role: HubRole) -> String {
         format!(
-            "nats://hub:{}@127.0.0.1:{}",
-            self.hub_password, self.hub.port
+            "nats://{}:{}@127.0.0.1:{}",
+            role.user(),
+            self.roles.get(&role).map(String::as_str).unwrap_or_default(),
+            self.hub.port
         )
+    }
+
+    /// The hub with the test bed's own unrestricted user, for tests that look at what
+    /// happened inside it (no service connects like this).
+    pub fn admin_url(&self) -> String {
+        self.role_url(HubRole::Admin)
     }
 
     pub fn edge(&self, name: &str) -> Result<&EdgeSite, Error> {

@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 
 use optikon_core::subject;
 
+use crate::identity::{HubRole, NkeyUser, TlsFiles};
 use crate::process::ChildProcess;
 use crate::{Error, http_get};
 
 const HUB_TEMPLATE: &str = include_str!("../../../nats/hub.conf.tmpl");
 const EDGE_TEMPLATE: &str = include_str!("../../../nats/edge.conf.tmpl");
 const EDGE_USER_TEMPLATE: &str = include_str!("../../../nats/edge-user.conf.tmpl");
+const ROLES_TEMPLATE: &str = include_str!("../../../nats/hub-roles.conf.tmpl");
+const CLIENT_USER_TEMPLATE: &str = include_str!("../../../nats/hub-client-user.conf.tmpl");
 
 /// Replaces each `{{key}}` in `template`; fails on a placeholder left unfilled.
 pub fn render(template: &str, values: &BTreeMap<&str, String>) -> Result<String, Error> {
@@ -34,7 +37,7 @@ pub fn render(template: &str, values: &BTreeMap<&str, String>) -> Result<String,
 #[derive(Debug, Clone)]
 pub struct EdgeCredentials {
     pub name: String,
-    pub password: String,
+    pub identity: NkeyUser,
     /// Whose command and status subjects the site's leaf user may use: its own cluster's
     /// (the site's name), or every cluster's (`*`) for a leaf node carrying many simulated
     /// clusters in a benchmark.
@@ -46,46 +49,80 @@ pub enum ClusterScope {
     /// The site serves the one cluster named like it.
     Own,
     /// The site's leaf node carries any number of clusters (the scale benchmark's simulated
-    /// edges): its user may use every cluster's subjects.
+    /// edges): its user may use every cluster's subjects, and its services share one inbox
+    /// prefix, the site's.
     Any,
 }
 
+/// Passwords of the hub's roles.
+pub type RolePasswords = BTreeMap<HubRole, String>;
+
+/// The hub's config: every role's user, every edge's NKey user, TLS on the leaf listener.
 pub fn hub_config(
     port: u16,
     monitor_port: u16,
     leaf_port: u16,
     store_dir: &Path,
-    hub_password: &str,
+    tls: &TlsFiles,
+    roles: &RolePasswords,
     edges: &[EdgeCredentials],
 ) -> Result<String, Error> {
     let mut users = String::new();
     for edge in edges {
+        let (token, consumer, inbox) = match edge.clusters {
+            ClusterScope::Own => (
+                subject::token(&edge.name),
+                subject::edge_consumer(&edge.name),
+                subject::edge_inbox_prefix(&edge.name),
+            ),
+            ClusterScope::Any => (
+                "*".to_owned(),
+                "*".to_owned(),
+                subject::edge_inbox_prefix(&edge.name),
+            ),
+        };
         let values = BTreeMap::from([
             ("name", edge.name.clone()),
-            (
-                "token",
-                match edge.clusters {
-                    ClusterScope::Own => subject::token(&edge.name),
-                    ClusterScope::Any => "*".to_owned(),
-                },
-            ),
-            ("domain", edge.name.clone()),
-            ("password", edge.password.clone()),
+            ("nkey", edge.identity.public_key.clone()),
+            ("token", token),
+            ("consumer", consumer),
+            ("inbox", inbox),
         ]);
         users.push_str(&render(EDGE_USER_TEMPLATE, &values)?);
     }
+    let password = |role: HubRole| {
+        roles
+            .get(&role)
+            .cloned()
+            .ok_or_else(|| Error::Config(format!("no password for hub role {}", role.user())))
+    };
+    let mut client_users = String::new();
+    for role in [HubRole::Gateway, HubRole::Operator] {
+        let values = BTreeMap::from([("user", role.user().to_owned()), ("password", password(role)?)]);
+        client_users.push_str(&render(CLIENT_USER_TEMPLATE, &values)?);
+    }
+    let role_values = BTreeMap::from([
+        ("router_password", password(HubRole::Router)?),
+        ("chart_ingest_password", password(HubRole::ChartIngest)?),
+        ("admin_password", password(HubRole::Admin)?),
+        ("client_users", client_users),
+    ]);
+    let role_users = render(ROLES_TEMPLATE, &role_values)?;
     let values = BTreeMap::from([
         ("port", port.to_string()),
         ("monitor_port", monitor_port.to_string()),
         ("leaf_port", leaf_port.to_string()),
         ("store_dir", store_dir.display().to_string()),
+        ("tls_cert", tls.cert.display().to_string()),
+        ("tls_key", tls.key.display().to_string()),
         ("sys_password", random_secret()),
-        ("hub_password", hub_password.to_owned()),
+        ("role_users", role_users),
         ("edge_users", users),
     ]);
     render(HUB_TEMPLATE, &values)
 }
 
+/// An edge leaf node's config; it dials the hub at `hub_leaf_port` over TLS as `identity`.
 #[allow(clippy::too_many_arguments)]
 pub fn edge_config(
     name: &str,
@@ -93,7 +130,8 @@ pub fn edge_config(
     monitor_port: u16,
     store_dir: &Path,
     hub_leaf_port: u16,
-    password: &str,
+    identity: &NkeyUser,
+    ca_file: &Path,
     local_password: &str,
 ) -> Result<String, Error> {
     let values = BTreeMap::from([
@@ -103,7 +141,8 @@ pub fn edge_config(
         ("monitor_port", monitor_port.to_string()),
         ("store_dir", store_dir.display().to_string()),
         ("hub_leaf_port", hub_leaf_port.to_string()),
-        ("password", password.to_owned()),
+        ("nkey_seed", identity.seed.clone()),
+        ("ca_file", ca_file.display().to_string()),
         ("local_password", local_password.to_owned()),
     ]);
     render(EDGE_TEMPLATE, &values)
@@ -223,28 +262,33 @@ mod tests {
 
     #[test]
     fn edge_users_reach_only_their_own_subjects() {
+        let edge = |name: &str, clusters| EdgeCredentials {
+            name: name.into(),
+            identity: NkeyUser::generate().unwrap(),
+            clusters,
+        };
         let edges = [
-            EdgeCredentials {
-                name: "copenhagen-1".into(),
-                password: "p1".into(),
-                clusters: ClusterScope::Own,
-            },
-            EdgeCredentials {
-                name: "copenhagen-2".into(),
-                password: "p2".into(),
-                clusters: ClusterScope::Own,
-            },
-            EdgeCredentials {
-                name: "sim-leaf-1".into(),
-                password: "p3".into(),
-                clusters: ClusterScope::Any,
-            },
+            edge("copenhagen-1", ClusterScope::Own),
+            edge("copenhagen-2", ClusterScope::Own),
+            edge("sim-leaf-1", ClusterScope::Any),
         ];
-        let conf = hub_config(1, 2, 3, Path::new("/s"), "h", &edges).unwrap();
-        assert!(conf.contains("\"optikon.cmd.copenhagen-1.>\""));
-        assert!(conf.contains("\"optikon.status.copenhagen-2.>\""));
-        assert!(!conf.contains("optikon.cmd.>"));
+        let roles = HubRole::ALL.iter().map(|r| (*r, random_secret())).collect();
+        let tls = TlsFiles {
+            ca: "/ca".into(),
+            cert: "/cert".into(),
+            key: "/key".into(),
+        };
+        let conf = hub_config(1, 2, 3, Path::new("/s"), &tls, &roles, &edges).unwrap();
+        assert!(conf.contains("\"$JS.hub.API.CONSUMER.MSG.NEXT.CMD.edge-copenhagen-1\""));
+        assert!(conf.contains("\"optikon.status.copenhagen-2.release.>\""));
+        assert!(conf.contains("\"_INBOX_copenhagen-1.>\""));
+        assert!(conf.contains(&edges[0].identity.public_key));
+        assert!(!conf.contains(&edges[0].identity.seed), "the hub never holds a seed");
+        // No edge may use the JetStream API beyond pulling, nor every cluster's subjects.
+        assert!(!conf.contains("\"$JS.hub.API.>\""));
+        // Only the four hub roles that need it hear the shared inbox prefix.
+        assert_eq!(conf.matches("\"_INBOX.>\"").count(), 4);
         // Only the leaf node carrying simulated clusters may use any cluster's subjects.
-        assert_eq!(conf.matches("\"optikon.cmd.*.>\"").count(), 1);
+        assert_eq!(conf.matches("\"optikon.status.*.release.>\"").count(), 1);
     }
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::identity::HubRole;
 use crate::process::ChildProcess;
 use crate::{Error, Testbed};
 
@@ -24,15 +25,18 @@ impl ServiceSpec {
     /// The hub services, then an executor and a prober per site.
     pub fn all(testbed: &Testbed) -> Result<Vec<ServiceSpec>, Error> {
         let bin = service_bin_dir()?;
-        let hub_url = testbed.hub_url();
-        let hub = |name: &str| ServiceSpec {
+        // Each hub service connects as its own role.
+        let hub = |name: &str, role: HubRole| ServiceSpec {
             name: name.to_owned(),
             binary: bin.join(name),
             args: Vec::new(),
-            env: vec![("OPTIKON_NATS_URL".into(), hub_url.clone())],
+            env: vec![("OPTIKON_NATS_URL".into(), testbed.role_url(role))],
         };
-        let mut specs = vec![hub("chart-ingest"), hub("selector-router")];
-        let mut gateway = hub("gateway");
+        let mut specs = vec![
+            hub("selector-router", HubRole::Router),
+            hub("chart-ingest", HubRole::ChartIngest),
+        ];
+        let mut gateway = hub("gateway", HubRole::Gateway);
         gateway.env.push((
             GATEWAY_LISTEN_ENV.into(),
             format!("127.0.0.1:{}", crate::free_port()?),
