@@ -13,28 +13,39 @@ pub const RELEASE_REQUESTS_STREAM: &str = "RELEASE_REQUESTS";
 
 /// Request/reply: push a chart (reply: `Reply<ChartIndexEntry>`).
 pub const CHART_PUSH: &str = "optikon.api.chart.push";
-/// Request/reply: an edge announces itself (reply: `Reply<ClusterRecord>`).
-pub const CLUSTER_REGISTER: &str = "optikon.api.cluster.register";
+/// Request/reply: an edge announces itself on `optikon.api.cluster.register.<cluster>`
+/// (reply: `Reply<ClusterRecord>`). The cluster is the subject's last token, which the
+/// hub's permissions let only that cluster's own identity publish; see [`cluster_register`].
+pub const CLUSTER_REGISTER_PREFIX: &str = "optikon.api.cluster.register";
+/// Request/reply: an edge fetches a chart archive its own desired state names, on
+/// `optikon.api.chart.fetch.<cluster>` (see [`chart_fetch`]); chart-ingest answers.
+pub const CHART_FETCH_PREFIX: &str = "optikon.api.chart.fetch";
 
 /// Header on a chart push naming an object in [`UPLOADS_BUCKET`] that holds the archive.
 pub const HEADER_UPLOAD: &str = "Optikon-Upload";
 /// Header on a chart push: replace a stored chart of the same name and version.
 pub const HEADER_FORCE: &str = "Optikon-Force";
 
-/// Hub → edge commands: `optikon.cmd.<cluster>.<namespace>.<release>`.
+/// Hub → edge commands: `optikon.cmd.<cluster>.<namespace>.<release>`. Stored at the hub in
+/// `CMD`; each cluster pulls its own through the hub's durable consumer [`edge_consumer`]
+/// and stores them at the edge in [`cmd_local_stream`] under the same subjects.
 pub const CMD_STREAM: &str = "CMD";
 pub const CMD_PREFIX: &str = "optikon.cmd";
 
-/// Edge → hub status: `optikon.status.<cluster>.heartbeat` and
-/// `optikon.status.<cluster>.release.<namespace>.<release>`, stored at the edge in
-/// [`status_stream`] and sourced by the hub into one of the [`status_hub_stream`] shards.
+/// Edge → hub release status: `optikon.status.<cluster>.release.<namespace>.<release>`,
+/// stored at the hub in [`STATUS_HUB_STREAM`]. At the edge the executor first stores each
+/// status in the cluster's outbox ([`status_stream`], subjects [`OUTBOX_PREFIX`]), and the
+/// site's uplink forwards it to the hub whenever the link is up.
 pub const STATUS_PREFIX: &str = "optikon.status";
-
-/// The hub's copy of the edges' status is split over this many streams (`STATUS_HUB_00` …),
-/// each sourcing the status streams of the clusters hashed to it ([`status_hub_shard`]). One
-/// stream would carry every cluster's source in its config, which at a few thousand clusters
-/// no longer fits in one message; shards also keep each registration's update small.
-pub const STATUS_HUB_SHARDS: u32 = 16;
+/// The hub's store of every edge's release status.
+pub const STATUS_HUB_STREAM: &str = "STATUS_HUB";
+/// Edge-local outbox of release status: `optikon.outbox.<cluster>.release.<ns>.<release>`.
+/// A subject of its own, never permitted over a leaf link: stored once at the edge, then
+/// forwarded under [`STATUS_PREFIX`].
+pub const OUTBOX_PREFIX: &str = "optikon.outbox";
+/// Heartbeats, one KV entry per cluster, written by the edge itself (key: the cluster).
+/// Apart from the registry, so a heartbeat costs the hub one small store and nothing else.
+pub const HEARTBEATS_BUCKET: &str = "heartbeats";
 
 /// Request progress events: `optikon.event.request.<id>`, stored in `EVENTS`.
 pub const EVENT_REQUEST_PREFIX: &str = "optikon.event.request";
@@ -64,23 +75,40 @@ pub fn status_stream(cluster: &str) -> String {
     format!("STATUS_{}", token(cluster))
 }
 
-/// Which `STATUS_HUB` shard sources `cluster`'s status: FNV-1a of the name, so every
-/// service and every version agree without a lookup.
-pub fn status_hub_shard(cluster: &str) -> u32 {
-    let hash = cluster.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
-        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
-    });
-    hash % STATUS_HUB_SHARDS
+/// The hub's durable pull consumer on `CMD` through which one cluster receives its commands
+/// (`edge-<cluster>`, filtered to [`commands_for`]). Created by the router when the cluster
+/// registers; the cluster's identity may pull from and ack only this one.
+pub fn edge_consumer(cluster: &str) -> String {
+    format!("edge-{}", token(cluster))
 }
 
-/// Name of one `STATUS_HUB` shard.
-pub fn status_hub_stream(shard: u32) -> String {
-    format!("STATUS_HUB_{shard:02}")
+/// Inbox prefix of every connection at one edge site that talks to the hub: replies and
+/// pulled messages cross the leaf link only under it, so a site hears only its own replies.
+pub fn edge_inbox_prefix(cluster: &str) -> String {
+    format!("_INBOX_{}", token(cluster))
 }
 
-/// The `STATUS_HUB` shard holding `cluster`'s status at the hub.
-pub fn status_hub_stream_for(cluster: &str) -> String {
-    status_hub_stream(status_hub_shard(cluster))
+/// `optikon.api.cluster.register.<cluster>`
+pub fn cluster_register(cluster: &str) -> String {
+    format!("{CLUSTER_REGISTER_PREFIX}.{}", token(cluster))
+}
+
+/// `optikon.api.chart.fetch.<cluster>`
+pub fn chart_fetch(cluster: &str) -> String {
+    format!("{CHART_FETCH_PREFIX}.{}", token(cluster))
+}
+
+/// The cluster a per-cluster API subject (`<prefix>.<cluster>`) was published for.
+pub fn cluster_of_api_subject<'a>(prefix: &str, subject: &'a str) -> Option<&'a str> {
+    let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+    (!rest.is_empty() && !rest.contains('.')).then_some(rest)
+}
+
+/// The cluster a hub status subject (`optikon.status.<cluster>.…`) belongs to.
+pub fn cluster_of_status_subject(subject: &str) -> Option<String> {
+    let rest = subject.strip_prefix(STATUS_PREFIX)?.strip_prefix('.')?;
+    let (cluster, _) = rest.split_once('.')?;
+    Some(untoken(cluster))
 }
 
 /// Escapes a name for use as one subject token or KV key part. Release names may contain
@@ -125,8 +153,37 @@ pub fn release_status(cluster: &str, namespace: &str, release: &str) -> String {
     )
 }
 
-pub fn heartbeat(cluster: &str) -> String {
-    format!("{STATUS_PREFIX}.{}.heartbeat", token(cluster))
+/// `optikon.outbox.<cluster>.release.<namespace>.<release>`: where the executor stores a
+/// release status at the edge.
+pub fn outbox_status(cluster: &str, namespace: &str, release: &str) -> String {
+    format!(
+        "{OUTBOX_PREFIX}.{}.release.{}.{}",
+        token(cluster),
+        token(namespace),
+        token(release)
+    )
+}
+
+/// `optikon.outbox.<cluster>.>`: one cluster's outbox.
+pub fn outbox_for(cluster: &str) -> String {
+    format!("{OUTBOX_PREFIX}.{}.>", token(cluster))
+}
+
+/// The hub subject an outbox subject is forwarded to (`None`: not an outbox subject).
+pub fn status_from_outbox(outbox_subject: &str) -> Option<String> {
+    let rest = outbox_subject.strip_prefix(OUTBOX_PREFIX)?.strip_prefix('.')?;
+    Some(format!("{STATUS_PREFIX}.{rest}"))
+}
+
+/// Key of a cluster's heartbeat in [`HEARTBEATS_BUCKET`].
+pub fn heartbeat_key(cluster: &str) -> String {
+    token(cluster)
+}
+
+/// The subject a heartbeat is published on to land in [`HEARTBEATS_BUCKET`]: a KV put is
+/// a publish to `$KV.<bucket>.<key>`, which lets the permission name the one key.
+pub fn heartbeat_put(cluster: &str) -> String {
+    format!("$KV.{HEARTBEATS_BUCKET}.{}", heartbeat_key(cluster))
 }
 
 pub fn request_event(request_id: &str) -> String {
@@ -149,18 +206,6 @@ pub fn chart_object(digest: &str) -> String {
     digest.replace(':', "-")
 }
 
-/// Delivery prefix of the hub → edge `CMD` source: the edge's leaf user may receive only
-/// deliveries under its own prefix.
-pub fn edge_delivery_prefix(cluster: &str) -> String {
-    format!("optikon.deliver.{}", token(cluster))
-}
-
-/// Delivery prefix of the edge → hub `STATUS_<cluster>` source: the edge's leaf user may
-/// send only deliveries under this prefix.
-pub fn hub_delivery_prefix(cluster: &str) -> String {
-    format!("optikon.deliver.hub.{}", token(cluster))
-}
-
 /// The JetStream API prefix of another domain, for sources that cross a leaf link.
 pub fn js_api_prefix(domain: &str) -> String {
     format!("$JS.{domain}.API")
@@ -180,19 +225,46 @@ mod tests {
     }
 
     #[test]
-    fn per_cluster_streams_and_shards() {
+    fn per_cluster_names() {
         assert_eq!(cmd_local_stream("copenhagen-1"), "CMD_LOCAL_copenhagen-1");
         assert_eq!(status_stream("copenhagen-1"), "STATUS_copenhagen-1");
-        // Fixed by the hash, so a change of the hash (which would orphan sources) shows here.
-        assert_eq!(status_hub_stream_for("copenhagen-1"), "STATUS_HUB_11");
-        let mut per_shard = vec![0; STATUS_HUB_SHARDS as usize];
-        for i in 0..10_000 {
-            per_shard[status_hub_shard(&format!("sim-{i:05}")) as usize] += 1;
-        }
-        // Roughly even: no shard more than 20 % off the mean of 625.
-        assert!(
-            per_shard.iter().all(|&n| (500..=750).contains(&n)),
-            "{per_shard:?}"
+        assert_eq!(edge_consumer("copenhagen-1"), "edge-copenhagen-1");
+        assert_eq!(heartbeat_put("copenhagen-1"), "$KV.heartbeats.copenhagen-1");
+        assert_eq!(
+            cluster_register("copenhagen-1"),
+            "optikon.api.cluster.register.copenhagen-1"
+        );
+    }
+
+    #[test]
+    fn outbox_subjects_map_to_hub_status_subjects() {
+        let outbox = outbox_status("copenhagen-1", "default", "web.v2");
+        assert_eq!(outbox, "optikon.outbox.copenhagen-1.release.default.web_v2");
+        assert_eq!(
+            status_from_outbox(&outbox).as_deref(),
+            Some(release_status("copenhagen-1", "default", "web.v2").as_str())
+        );
+        assert_eq!(status_from_outbox("optikon.status.x.release.a.b"), None);
+        assert_eq!(
+            cluster_of_status_subject("optikon.status.copenhagen-2.release.a.b").as_deref(),
+            Some("copenhagen-2")
+        );
+    }
+
+    #[test]
+    fn the_cluster_of_an_api_subject_is_its_last_token() {
+        let subject = cluster_register("copenhagen-1");
+        assert_eq!(
+            cluster_of_api_subject(CLUSTER_REGISTER_PREFIX, &subject),
+            Some("copenhagen-1")
+        );
+        assert_eq!(
+            cluster_of_api_subject(CLUSTER_REGISTER_PREFIX, CLUSTER_REGISTER_PREFIX),
+            None
+        );
+        assert_eq!(
+            cluster_of_api_subject(CLUSTER_REGISTER_PREFIX, "optikon.api.cluster.register.a.b"),
+            None
         );
     }
 

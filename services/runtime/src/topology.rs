@@ -1,11 +1,12 @@
 //! The JetStream streams, KV buckets and object stores Optikon needs, created idempotently
 //! by whichever service starts first.
 //!
-//! Hub (domain `hub`): `RELEASE_REQUESTS`, `CMD`, `EVENTS`, `STATUS_HUB_00` … `_15` (each
-//! sources the status streams of the clusters hashed to it), KV `clusters`, `desired`,
-//! `releases`, `requests`, `chart-index`, object stores `charts` and `chart-uploads`. Edge (its
-//! own domain, one leaf node), per cluster it serves: `CMD_LOCAL_<cluster>` (sources the hub's
-//! `CMD`, filtered to the cluster) and `STATUS_<cluster>`; object store `chart-cache`.
+//! Hub (domain `hub`): `RELEASE_REQUESTS`, `CMD` (with one durable consumer per cluster,
+//! `edge-<cluster>`), `EVENTS`, `STATUS_HUB`, KV `clusters`, `heartbeats`, `desired`,
+//! `releases`, `requests`, `chart-index`, object stores `charts` and `chart-uploads`. Edge
+//! (its own domain, one leaf node), per cluster it serves: `CMD_LOCAL_<cluster>` (commands
+//! pulled from the hub) and `STATUS_<cluster>` (the outbox of status for the hub); object
+//! store `chart-cache`.
 //! Retention is deliberate: see docs/nats.md.
 
 use std::time::Duration;
@@ -21,6 +22,8 @@ pub enum TopologyError {
     Bucket { name: String, message: String },
     #[error("cannot set up object store {name}: {message}")]
     ObjectStore { name: String, message: String },
+    #[error("cannot set up consumer {name}: {message}")]
+    Consumer { name: String, message: String },
 }
 
 /// Per release and cluster, the commands kept. The newest always survives, so an edge that
@@ -70,22 +73,6 @@ async fn ensure_stream(
         .await
         .map_err(|e| stream_err(&name, e))?;
     Ok(())
-}
-
-/// Creates the stream if it does not exist; an existing one is left as it is.
-async fn ensure_stream_exists(
-    js: &jetstream::Context,
-    config: stream::Config,
-) -> Result<(), TopologyError> {
-    let name = config.name.clone();
-    with_retries(&name, || async {
-        if js.get_stream(&name).await.is_ok() {
-            return Ok(());
-        }
-        js.create_stream(config.clone()).await.map(|_| ())
-    })
-    .await
-    .map_err(|e| stream_err(&name, e))
 }
 
 async fn ensure_kv(
@@ -161,22 +148,23 @@ pub async fn ensure_hub(js: &jetstream::Context) -> Result<(), TopologyError> {
         },
     )
     .await?;
-    // The STATUS_HUB shards have no subjects of their own: they only source the edges'
-    // status streams, so a status published live over the leaf link is never stored twice.
-    // Their sources are added as edges register, so an existing shard is kept as it is.
-    for shard in 0..subject::STATUS_HUB_SHARDS {
-        ensure_stream_exists(
-            js,
-            stream::Config {
-                name: subject::status_hub_stream(shard),
-                max_age: 7 * DAY,
-                max_bytes: (4 << 30) / i64::from(subject::STATUS_HUB_SHARDS),
-                max_messages_per_subject: STATUS_KEPT_PER_SUBJECT,
-                ..Default::default()
-            },
-        )
-        .await?;
-    }
+    // Release status from every edge, forwarded by each site's uplink. Only the release
+    // subjects: heartbeats go to their own bucket, and nothing else of `optikon.status`
+    // is anyone's to store.
+    ensure_stream(
+        js,
+        stream::Config {
+            name: subject::STATUS_HUB_STREAM.into(),
+            subjects: vec![format!("{}.*.release.>", subject::STATUS_PREFIX)],
+            max_age: 7 * DAY,
+            max_bytes: 4 << 30,
+            max_messages_per_subject: STATUS_KEPT_PER_SUBJECT,
+            // An uplink that lost an ack sends the status again under the same id.
+            duplicate_window: Duration::from_secs(600),
+            ..Default::default()
+        },
+    )
+    .await?;
     for (bucket, history) in [
         (subject::CLUSTERS_BUCKET, 1),
         (subject::DESIRED_BUCKET, 16),
@@ -193,6 +181,17 @@ pub async fn ensure_hub(js: &jetstream::Context) -> Result<(), TopologyError> {
         )
         .await?;
     }
+    ensure_kv(
+        js,
+        kv::Config {
+            bucket: subject::HEARTBEATS_BUCKET.into(),
+            history: 1,
+            // Written by the edges themselves: a site cannot make its entry large.
+            max_value_size: MAX_HEARTBEAT_BYTES,
+            ..Default::default()
+        },
+    )
+    .await?;
     ensure_kv(
         js,
         kv::Config {
@@ -227,16 +226,22 @@ pub async fn ensure_hub(js: &jetstream::Context) -> Result<(), TopologyError> {
 
 /// Everything an edge site holds for one cluster. `js` must be the edge's own JetStream (its
 /// leaf node); a leaf node serving several clusters holds this once per cluster.
+///
+/// Nothing here crosses the leaf link by itself: the site's downlink pulls the cluster's
+/// commands from the hub into `CMD_LOCAL_<cluster>`, and its uplink forwards the outbox
+/// `STATUS_<cluster>` to the hub (see `health_prober::link`). Stream sources would do the
+/// same with one idle heartbeat per second per source at the hub, which at 10,000 sites is
+/// the hub's whole idle load.
 pub async fn ensure_edge(js: &jetstream::Context, cluster: &str) -> Result<(), TopologyError> {
     ensure_stream(
         js,
         stream::Config {
             name: subject::status_stream(cluster),
-            subjects: vec![subject::status_for(cluster)],
-            // Bounded by count per subject (one per release, plus the heartbeat) and age, not
-            // by bytes: JetStream reserves a stream's byte limit up front, and a leaf node
-            // serving many clusters would run out of reservable storage long before it ran
-            // out of disk.
+            subjects: vec![subject::outbox_for(cluster)],
+            // Bounded by count per subject (one per release) and age, not by bytes:
+            // JetStream reserves a stream's byte limit up front, and a leaf node serving
+            // many clusters would run out of reservable storage long before it ran out of
+            // disk.
             max_age: 7 * DAY,
             max_messages_per_subject: STATUS_KEPT_PER_SUBJECT,
             ..Default::default()
@@ -247,17 +252,11 @@ pub async fn ensure_edge(js: &jetstream::Context, cluster: &str) -> Result<(), T
         js,
         stream::Config {
             name: subject::cmd_local_stream(cluster),
+            subjects: vec![subject::commands_for(cluster)],
             max_messages_per_subject: COMMANDS_KEPT_PER_RELEASE,
-            sources: Some(vec![stream::Source {
-                name: subject::CMD_STREAM.into(),
-                filter_subject: Some(subject::commands_for(cluster)),
-                // Set `external` directly: `domain` is dropped on update (nats.rs#1350).
-                external: Some(stream::External {
-                    api_prefix: subject::js_api_prefix(subject::HUB_DOMAIN),
-                    delivery_prefix: Some(subject::edge_delivery_prefix(cluster)),
-                }),
-                ..Default::default()
-            }]),
+            // The downlink stores each command under the hub's message id: one pulled twice
+            // (an ack lost on a cut link) is stored once.
+            duplicate_window: DAY,
             ..Default::default()
         },
     )
@@ -274,92 +273,41 @@ pub async fn ensure_edge(js: &jetstream::Context, cluster: &str) -> Result<(), T
     Ok(())
 }
 
-/// A cluster whose status the hub should source: its name and the JetStream domain of the
-/// leaf node that holds its `STATUS_<cluster>` stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EdgeStatusSource {
-    pub domain: String,
-    pub cluster: String,
-}
+/// How long the hub waits for an edge to acknowledge a pulled command before offering it
+/// again: a command lost on a cut link comes back this long after the link does, at most.
+pub const EDGE_ACK_WAIT: Duration = Duration::from_secs(10);
+/// Pull requests one edge may have waiting at the hub at once; more are refused, so a
+/// hostile site cannot pile them up.
+pub const EDGE_MAX_WAITING: i64 = 4;
+/// Largest heartbeat an edge may store.
+pub const MAX_HEARTBEAT_BYTES: i32 = 16 * 1024;
 
-impl EdgeStatusSource {
-    fn source(&self) -> stream::Source {
-        stream::Source {
-            name: subject::status_stream(&self.cluster),
-            external: Some(stream::External {
-                api_prefix: subject::js_api_prefix(&self.domain),
-                delivery_prefix: Some(subject::hub_delivery_prefix(&self.cluster)),
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn is(&self, source: &stream::Source) -> bool {
-        source.name == subject::status_stream(&self.cluster)
-            && source.external.as_ref().map(|e| e.api_prefix.as_str())
-                == Some(subject::js_api_prefix(&self.domain).as_str())
-    }
-}
-
-/// Makes the hub's `STATUS_HUB` shards source the status streams of these clusters, with one
-/// stream update per shard touched however many clusters register at once. Returns the
-/// clusters newly sourced (the others were sourced already).
-///
-/// A cluster that moved to another domain gets its old source replaced.
-pub async fn add_edge_sources(
+/// The hub's durable consumer through which `cluster` pulls its commands, created if it is
+/// missing. `js` must be the hub's JetStream; the router calls this when a cluster
+/// registers.
+pub async fn ensure_edge_consumer(
     js: &jetstream::Context,
-    edges: &[EdgeStatusSource],
-) -> Result<Vec<EdgeStatusSource>, TopologyError> {
-    let mut by_shard: std::collections::BTreeMap<u32, Vec<&EdgeStatusSource>> =
-        std::collections::BTreeMap::new();
-    for edge in edges {
-        by_shard
-            .entry(subject::status_hub_shard(&edge.cluster))
-            .or_default()
-            .push(edge);
-    }
-    let mut added = Vec::new();
-    for (shard, edges) in by_shard {
-        let name = subject::status_hub_stream(shard);
-        // Read-modify-write of the shard's config: if another router replica updates the
-        // same shard in between, the update fails on the changed config and is retried.
-        let newly = with_retries(&name, || async {
-            let mut stream = js.get_stream(&name).await.map_err(|e| e.to_string())?;
-            let info = stream.info().await.map_err(|e| e.to_string())?;
-            let mut config = info.config.clone();
-            let sources = config.sources.get_or_insert_with(Vec::new);
-            let mut newly = Vec::new();
-            for edge in &edges {
-                if sources.iter().any(|s| edge.is(s)) || newly.contains(*edge) {
-                    continue;
-                }
-                let stream_name = subject::status_stream(&edge.cluster);
-                sources.retain(|s| s.name != stream_name);
-                sources.push(edge.source());
-                newly.push((*edge).clone());
-            }
-            if !newly.is_empty() {
-                js.update_stream(config).await.map_err(|e| e.to_string())?;
-            }
-            Ok::<_, String>(newly)
-        })
-        .await
-        .map_err(|e| stream_err(&name, e))?;
-        added.extend(newly);
-    }
-    Ok(added)
-}
-
-/// Makes the hub source the status of one cluster; see [`add_edge_sources`]. Returns whether
-/// a source was added (false: it was there already).
-pub async fn add_edge_source(
-    js: &jetstream::Context,
-    domain: &str,
     cluster: &str,
-) -> Result<bool, TopologyError> {
-    let edge = EdgeStatusSource {
-        domain: domain.to_owned(),
-        cluster: cluster.to_owned(),
+) -> Result<(), TopologyError> {
+    let name = subject::edge_consumer(cluster);
+    let config = jetstream::consumer::pull::Config {
+        durable_name: Some(name.clone()),
+        filter_subject: subject::commands_for(cluster),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: EDGE_ACK_WAIT,
+        max_waiting: EDGE_MAX_WAITING,
+        // Commands for one cluster are few; 256 unacknowledged is a long way past normal.
+        max_ack_pending: 256,
+        ..Default::default()
     };
-    Ok(!add_edge_sources(js, &[edge]).await?.is_empty())
+    with_retries(&name, || async {
+        let stream = js.get_stream(subject::CMD_STREAM).await.map_err(|e| e.to_string())?;
+        stream
+            .get_or_create_consumer(&name, config.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|message| TopologyError::Consumer { name, message })
 }
