@@ -16,7 +16,7 @@ use optikon_core::message::{
 use optikon_core::subject;
 use optikon_runtime::chart_fetch::{self, CHUNK_BYTES, ChartFetchError, HEADER_CHUNK};
 use optikon_runtime::shutdown::Shutdown;
-use optikon_testbed::{Testbed, TestbedConfig};
+use optikon_testbed::{Site, Testbed, TestbedConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -267,5 +267,39 @@ async fn a_cluster_fetches_only_the_charts_its_desired_state_names() -> anyhow::
         hub.fetch("cluster-a", &large_digest).await,
         Err(ChartFetchError::Unreachable(_))
     ));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_fetches_its_own_chart_over_its_leaf_link_and_only_its_own() -> anyhow::Result<()> {
+    let testbed = Testbed::start(TestbedConfig {
+        sites: Site::demo().into_iter().take(2).collect(),
+        clusters: false,
+        services: false,
+        ..TestbedConfig::default()
+    })
+    .expect("hub and edges start (run scripts/install-tools if nats-server is missing)");
+    let hub = start_hub(&testbed).await?;
+    let (mine, theirs) = ("copenhagen-1", "copenhagen-2");
+    let edge = optikon_runtime::connect_url(&testbed.edge(mine)?.nats_url(), "fetch-test").await?;
+
+    let large = chart("edge-large", 2 * CHUNK_BYTES + 1000);
+    let digest = hub.desire(mine, "web", &large).await?;
+    hub.desire(theirs, "web", &chart("theirs", 10)).await?;
+    assert_eq!(
+        chart_fetch::fetch_chart(&edge, mine, &digest, TIMEOUT).await?,
+        large
+    );
+
+    // Speaking for another cluster: the leaf link does not carry the request, so nobody
+    // answers, whatever that cluster's desired state says.
+    let theirs_digest = hub.desire(theirs, "web", &large).await?;
+    assert_eq!(theirs_digest, digest);
+    let result = chart_fetch::fetch_chart(&edge, theirs, &digest, Duration::from_secs(2)).await;
+    assert!(
+        matches!(result, Err(ChartFetchError::Unreachable(_))),
+        "{:?}",
+        result.map(|b| b.len())
+    );
     Ok(())
 }
