@@ -53,6 +53,30 @@ pub async fn fetch_chart(
     digest: &str,
     timeout: Duration,
 ) -> Result<Vec<u8>, ChartFetchError> {
+    // The whole exchange is bounded: a flush on a link that went down can wait too.
+    let bytes = tokio::time::timeout(timeout, ask(client, cluster, digest))
+        .await
+        .map_err(|_| {
+            ChartFetchError::Unreachable(format!(
+                "no complete answer from the hub within {timeout:?}"
+            ))
+        })??;
+    let got = optikon_core::chart::digest(&bytes);
+    if got != digest {
+        return Err(ChartFetchError::Corrupt(format!(
+            "{} bytes arrived with digest {got}, not {digest}",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Sends one fetch request and reassembles its reply.
+async fn ask(
+    client: &async_nats::Client,
+    cluster: &str,
+    digest: &str,
+) -> Result<Vec<u8>, ChartFetchError> {
     let unreachable = |e: &dyn std::fmt::Display| ChartFetchError::Unreachable(e.to_string());
     // A fresh inbox per fetch: at the edge the client's inbox prefix is the site's own, so
     // the chunks cross the leaf link only to this site.
@@ -77,49 +101,34 @@ pub async fn fetch_chart(
         .map_err(|e| unreachable(&e))?;
     client.flush().await.map_err(|e| unreachable(&e))?;
 
-    let collect = async {
-        let mut reassembly = Reassembly::default();
-        loop {
-            let Some(message) = replies.next().await else {
-                return Err(ChartFetchError::Unreachable(
-                    "the connection closed before the chart arrived".into(),
-                ));
-            };
-            if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                return Err(ChartFetchError::Unreachable(
-                    "nobody at the hub answers chart fetches (chart-ingest down, or the link is)"
-                        .into(),
-                ));
-            }
-            let chunk = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(HEADER_CHUNK))
-                .map(|v| parse_chunk_header(v.as_str()));
-            match chunk {
-                None => return Err(refusal(&message.payload)),
-                Some(Err(problem)) => return Err(ChartFetchError::Corrupt(problem)),
-                Some(Ok(chunk)) => {
-                    if let Some(bytes) = reassembly.add(chunk, message.payload)? {
-                        return Ok(bytes);
-                    }
+    let mut reassembly = Reassembly::default();
+    loop {
+        let Some(message) = replies.next().await else {
+            return Err(ChartFetchError::Unreachable(
+                "the connection closed before the chart arrived".into(),
+            ));
+        };
+        if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            return Err(ChartFetchError::Unreachable(
+                "nobody at the hub answers chart fetches (chart-ingest down, or the link is)"
+                    .into(),
+            ));
+        }
+        let chunk = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(HEADER_CHUNK))
+            .map(|v| parse_chunk_header(v.as_str()));
+        match chunk {
+            None => return Err(refusal(&message.payload)),
+            Some(Err(problem)) => return Err(ChartFetchError::Corrupt(problem)),
+            Some(Ok(chunk)) => {
+                if let Some(bytes) = reassembly.add(chunk, message.payload)? {
+                    return Ok(bytes);
                 }
             }
         }
-    };
-    let bytes = tokio::time::timeout(timeout, collect).await.map_err(|_| {
-        ChartFetchError::Unreachable(format!(
-            "no complete answer from the hub within {timeout:?}"
-        ))
-    })??;
-    let got = optikon_core::chart::digest(&bytes);
-    if got != digest {
-        return Err(ChartFetchError::Corrupt(format!(
-            "{} bytes arrived with digest {got}, not {digest}",
-            bytes.len()
-        )));
     }
-    Ok(bytes)
 }
 
 /// What a message without a chunk header says: a refusal, or nonsense.
