@@ -6,6 +6,11 @@
 //! indexed by name and version in `chart-index`, and announced on
 //! `optikon.event.chart.ingested`. The same name and version with other bytes is refused
 //! unless the push sets `Optikon-Force: true`.
+//!
+//! Beside pushes it answers edges' chart fetches on `optikon.api.chart.fetch.<cluster>`
+//! (see [`fetch`]).
+
+pub mod fetch;
 
 use async_nats::jetstream::{self, kv, object_store::ObjectStore};
 use bytes::Bytes;
@@ -24,9 +29,10 @@ pub struct ChartIngest {
     uploads: ObjectStore,
     index: kv::Store,
     limits: ChartLimits,
+    fetch: fetch::ChartFetch,
 }
 
-fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Internal, format!("{what}: {e}"))
 }
 
@@ -41,11 +47,18 @@ impl ChartIngest {
                     js.get_object_store(subject::CHARTS_BUCKET).await?,
                     js.get_object_store(subject::UPLOADS_BUCKET).await?,
                     js.get_key_value(subject::CHART_INDEX_BUCKET).await?,
+                    js.get_key_value(subject::DESIRED_BUCKET).await?,
                 ))
             };
             match opened.await {
-                Ok((charts, uploads, index)) => {
+                Ok((charts, uploads, index, desired)) => {
                     return Ok(ChartIngest {
+                        fetch: fetch::ChartFetch::new(
+                            js.clone(),
+                            charts.clone(),
+                            desired,
+                            limits.max_archive_bytes,
+                        ),
                         charts,
                         uploads,
                         index,
@@ -67,8 +80,24 @@ impl ChartIngest {
         }
     }
 
-    /// Serves pushes until shutdown. Replicas share the work through a queue group.
+    /// Serves pushes and fetches until shutdown.
     pub async fn run(&self, client: &async_nats::Client, shutdown: Shutdown) -> anyhow::Result<()> {
+        let fetches = async {
+            self.fetch
+                .run(client, shutdown.clone())
+                .await
+                .map_err(anyhow::Error::from)
+        };
+        tokio::try_join!(self.serve_pushes(client, shutdown.clone()), fetches)?;
+        Ok(())
+    }
+
+    /// Serves pushes until shutdown. Replicas share the work through a queue group.
+    async fn serve_pushes(
+        &self,
+        client: &async_nats::Client,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
         let mut requests = client
             .queue_subscribe(subject::CHART_PUSH, "chart-ingest".into())
             .await?;

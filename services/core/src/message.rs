@@ -590,6 +590,19 @@ pub fn decode<T: serde::de::DeserializeOwned>(kind: &str, body: &[u8]) -> Result
     })
 }
 
+/// An edge asking the hub for one chart archive, on `optikon.api.chart.fetch.<cluster>`.
+/// The cluster is the subject's, never the body's: the hub's permissions let only that
+/// cluster's identity publish there. The hub answers only for a digest that the cluster's
+/// own desired state names; the reply is the archive in chunks (see
+/// `optikon_runtime::chart_fetch`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChartFetchRequest {
+    pub api_version: ApiVersion,
+    /// `sha256:<hex>` of the archive, as in the command's [`ChartPin`].
+    pub digest: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,8 @@
 use schemars::{JsonSchema, Schema, schema_for};
 
 use crate::message::{
-    ChartIndexEntry, ClusterRecord, ClusterRegistration, DesiredRelease, Heartbeat, ReleaseRequest,
-    ReleaseStatus, Reply, RequestStatus,
+    ChartFetchRequest, ChartIndexEntry, ClusterRecord, ClusterRegistration, DesiredRelease,
+    Heartbeat, ReleaseRequest, ReleaseStatus, Reply, RequestStatus,
 };
 
 fn named<T: JsonSchema>(file: &'static str) -> (&'static str, Schema) {
@@ -27,6 +27,8 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         named::<ChartIndexEntry>("chart-index-entry.json"),
         named::<Reply<ChartIndexEntry>>("chart-push-reply.json"),
         named::<Reply<ClusterRecord>>("cluster-register-reply.json"),
+        named::<ChartFetchRequest>("chart-fetch-request.json"),
+        named::<Reply<()>>("chart-fetch-error.json"),
     ]
 }
 

@@ -89,7 +89,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
 pub struct Executor {
     config: ExecutorConfig,
     local: jetstream::Context,
-    hub: jetstream::Context,
+    /// Asks the hub for charts (`optikon.api.chart.fetch.<cluster>`).
+    client: async_nats::Client,
     target: ClusterTarget,
     /// One lock per release, so replicas' tasks never apply one release concurrently.
     release_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -104,7 +105,6 @@ impl Executor {
         shutdown: &Shutdown,
     ) -> Option<Self> {
         let local = jetstream::new(client.clone());
-        let hub = jetstream::with_domain(client, subject::HUB_DOMAIN);
         loop {
             match topology::ensure_edge(&local, &config.cluster).await {
                 Ok(()) => break,
@@ -131,7 +131,7 @@ impl Executor {
         Some(Executor {
             config,
             local,
-            hub,
+            client,
             target,
             release_locks: Mutex::default(),
         })
@@ -627,16 +627,22 @@ impl Executor {
 
     /// The chart archive: from this site's cache, else from the hub (then cached).
     async fn fetch_chart(&self, pin: &ChartPin) -> Result<Vec<u8>, ChartUnavailable> {
+        use optikon_runtime::chart_fetch::{self, ChartFetchError};
+        /// Long enough for the largest chart (10 MiB) over a slow link.
+        const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
         let name = subject::chart_object(&pin.digest);
         let cache = self
             .local
             .get_object_store(subject::CHART_CACHE_BUCKET)
             .await
             .map_err(|e| ChartUnavailable::Local(format!("chart cache: {e}")))?;
-        if let Ok(bytes) = read_object(&cache, &name).await
-            && optikon_core::chart::digest(&bytes) == pin.digest
-        {
-            return Ok(bytes);
+        match read_object(&cache, &name).await {
+            Ok(bytes) if optikon_core::chart::digest(&bytes) == pin.digest => return Ok(bytes),
+            Ok(_) | Err(ObjectRead::NotFound) => {}
+            // The hub can still serve the chart, but a failing cache is worth knowing of.
+            Err(ObjectRead::Failed(error)) => {
+                tracing::warn!(%error, "chart cache unreadable; asking the hub");
+            }
         }
         let unreachable = |e: &dyn std::fmt::Display| {
             ChartUnavailable::Unreachable(format!(
@@ -644,27 +650,37 @@ impl Executor {
                 pin.digest
             ))
         };
-        let charts = self
-            .hub
-            .get_object_store(subject::CHARTS_BUCKET)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let bytes = match read_object(&charts, &name).await {
-            Ok(bytes) => bytes,
-            Err(ObjectRead::NotFound) => {
-                return Err(ChartUnavailable::Lost(format!(
-                    "chart {} {} ({}) is no longer in the hub's chart store; push it again",
-                    pin.name, pin.version, pin.digest
-                )));
+        // The hub answers only for charts this cluster's own desired state names; the
+        // bytes returned match the digest.
+        let fetched = chart_fetch::fetch_chart(
+            &self.client,
+            &self.config.cluster,
+            &pin.digest,
+            FETCH_TIMEOUT,
+        )
+        .await;
+        let bytes = fetched.map_err(|e| match e {
+            // The hub's own trouble (its store or KV), not a verdict on the chart.
+            ChartFetchError::Refused(error)
+                if error.code == optikon_core::message::ErrorCode::Internal =>
+            {
+                ChartUnavailable::Unreachable(format!(
+                    "chart {} is not cached here and the hub could not serve it ({error}); \
+                     trying again later",
+                    pin.digest
+                ))
             }
-            Err(ObjectRead::Failed(e)) => return Err(unreachable(&e)),
-        };
-        if optikon_core::chart::digest(&bytes) != pin.digest {
-            return Err(ChartUnavailable::Lost(format!(
-                "chart {} {} arrived with other bytes than digest {}; push it again",
+            // The hub's message says why and what to do.
+            ChartFetchError::Refused(error) => ChartUnavailable::Lost(format!(
+                "the hub refused to send chart {} {}: {}",
+                pin.name, pin.version, error.message
+            )),
+            ChartFetchError::Unreachable(reason) => unreachable(&reason),
+            ChartFetchError::Corrupt(reason) => ChartUnavailable::Lost(format!(
+                "chart {} {} ({}) arrived damaged from the hub: {reason}; push it again",
                 pin.name, pin.version, pin.digest
-            )));
-        }
+            )),
+        })?;
         if let Err(error) = cache.put(name.as_str(), &mut bytes.as_slice()).await {
             tracing::warn!(%error, "could not cache chart");
         }

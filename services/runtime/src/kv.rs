@@ -10,13 +10,23 @@ use futures::TryStreamExt;
 
 /// Every key of `bucket` that has a message (a deleted key's marker counts: readers skip it).
 pub async fn keys(js: &jetstream::Context, bucket: &str) -> Result<Vec<String>, String> {
+    keys_matching(js, bucket, ">").await
+}
+
+/// The keys of `bucket` that match `filter`, a key pattern with NATS wildcards
+/// (`copenhagen-1.>`: one cluster's keys), as [`keys`] lists them.
+pub async fn keys_matching(
+    js: &jetstream::Context,
+    bucket: &str,
+    filter: &str,
+) -> Result<Vec<String>, String> {
     let prefix = format!("$KV.{bucket}.");
     let stream = js
         .get_stream(format!("KV_{bucket}"))
         .await
         .map_err(|e| format!("bucket {bucket}: {e}"))?;
     let subjects: Vec<(String, usize)> = stream
-        .info_with_subjects(format!("{prefix}>"))
+        .info_with_subjects(format!("{prefix}{filter}"))
         .await
         .map_err(|e| format!("list bucket {bucket}: {e}"))?
         .try_collect()

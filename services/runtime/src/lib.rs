@@ -5,6 +5,7 @@
 //! library until [`shutdown::Shutdown`] fires.
 
 pub mod args;
+pub mod chart_fetch;
 pub mod kv;
 pub mod shutdown;
 pub mod telemetry;
