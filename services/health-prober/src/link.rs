@@ -56,14 +56,31 @@ pub async fn downlink(client: async_nats::Client, cluster: String, shutdown: Shu
         subject::CMD_STREAM,
         subject::edge_consumer(&cluster)
     );
+    // One inbox for every pull: a pull the hub still holds after a cut link delivers its
+    // commands here when the link returns, in order, instead of into a forgotten inbox
+    // (where they would wait out the ack wait and come back in any order).
+    let inbox = client.new_inbox();
+    let mut replies = loop {
+        match client.subscribe(inbox.clone()).await {
+            Ok(replies) => break replies,
+            Err(error) => {
+                tracing::warn!(%error, "cannot subscribe for pulled commands; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                    _ = shutdown.wait() => return,
+                }
+            }
+        }
+    };
     let mut expires = PROBE_EXPIRES;
     let mut link_up: Option<bool> = None;
     loop {
         if shutdown.is_triggered() {
             return;
         }
+        let pull = pull_once(&client, &mut replies, &inbox, &local, &cluster, &request_subject, expires);
         let outcome = tokio::select! {
-            outcome = pull_once(&client, &local, &cluster, &request_subject, expires) => outcome,
+            outcome = pull => outcome,
             _ = shutdown.wait() => return,
         };
         let answered = !matches!(outcome, Pull::Unanswered | Pull::NoRoute);
@@ -109,25 +126,25 @@ enum Pull {
     LocalFailure(String),
 }
 
+/// Asks the hub for up to a batch of commands, replies to `inbox`, and stores what comes.
+/// What arrives may answer an earlier pull the hub still held: it is this cluster's all the
+/// same, and taken in the order it comes.
 async fn pull_once(
     client: &async_nats::Client,
+    replies: &mut async_nats::Subscriber,
+    inbox: &str,
     local: &jetstream::Context,
     cluster: &str,
     request_subject: &str,
     expires: Duration,
 ) -> Pull {
-    let inbox = client.new_inbox();
-    let mut replies = match client.subscribe(inbox.clone()).await {
-        Ok(replies) => replies,
-        Err(e) => return Pull::LocalFailure(format!("subscribe: {e}")),
-    };
     let request = serde_json::json!({
         "batch": PULL_BATCH,
         "expires": expires.as_nanos() as u64,
     });
     let body = serde_json::to_vec(&request).expect("pull request serializes");
     if let Err(e) = client
-        .publish_with_reply(request_subject.to_owned(), inbox, body.into())
+        .publish_with_reply(request_subject.to_owned(), inbox.to_owned(), body.into())
         .await
     {
         return Pull::LocalFailure(format!("publish pull: {e}"));
@@ -137,7 +154,7 @@ async fn pull_once(
     loop {
         let message = match tokio::time::timeout_at(deadline, replies.next()).await {
             Ok(Some(message)) => message,
-            Ok(None) => return Pull::LocalFailure("reply subscription closed".into()),
+            Ok(None) => return Pull::LocalFailure("the pull inbox subscription closed".into()),
             Err(_) if delivered > 0 => return Pull::Delivered,
             Err(_) => return Pull::Unanswered,
         };

@@ -296,8 +296,12 @@ pub async fn ensure_edge_consumer(
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait: EDGE_ACK_WAIT,
         max_waiting: EDGE_MAX_WAITING,
-        // Commands for one cluster are few; 256 unacknowledged is a long way past normal.
-        max_ack_pending: 256,
+        // One command in flight per cluster keeps them in order at the edge even when one
+        // was handed to a pull that a cut link left behind: nothing after it is delivered
+        // until it is acknowledged, after its redelivery. Order per release matters (the
+        // executor reads the newest command of each release from the edge's copy), and a
+        // cluster gets few commands; the cost is one round trip per command.
+        max_ack_pending: 1,
         ..Default::default()
     };
     with_retries(&name, || async {
