@@ -454,9 +454,12 @@ mod live_event_tests {
     fn subjects_map_to_event_kinds() {
         let heartbeat = br#"{"apiVersion":"optikon/v1","cluster":"c1","apiReady":true,"nodesReady":1,"nodesTotal":1,"podsTotal":4,"intervalSeconds":5,"at":"2026-11-25T22:48:54Z"}"#;
         assert!(matches!(
-            LiveEvent::from_message("optikon.status.c1.heartbeat", heartbeat),
+            LiveEvent::from_message("$KV.heartbeats.c1", heartbeat),
             Some(LiveEvent::Heartbeat(h)) if h.pods_total == 4
         ));
+        // A heartbeat is taken only for the cluster whose entry it is written to.
+        assert_eq!(LiveEvent::from_message("$KV.heartbeats.c2", heartbeat), None);
+        assert_eq!(LiveEvent::from_message("optikon.status.c1.heartbeat", heartbeat), None);
         let status = br#"{"apiVersion":"optikon/v1","cluster":"c1","namespace":"default","release":"web","generation":1,"requestId":"r1","action":"install","state":"deployed","at":"2026-11-25T22:48:54Z"}"#;
         assert!(matches!(
             LiveEvent::from_message("optikon.status.c1.release.default.web", status),

@@ -180,9 +180,19 @@ pub fn heartbeat_key(cluster: &str) -> String {
     token(cluster)
 }
 
-/// The subject a heartbeat is published on to land in [`HEARTBEATS_BUCKET`]: a KV put is
-/// a publish to `$KV.<bucket>.<key>`, which lets the permission name the one key.
+/// The subject an edge publishes a heartbeat on to land in the hub's [`HEARTBEATS_BUCKET`]:
+/// a KV put from another JetStream domain, `$JS.hub.API.$KV.<bucket>.<key>` (the hub maps
+/// it to `$KV.<bucket>.<key>`; a plain `$KV.` subject is not carried across domains), so
+/// the permission can name the one key.
 pub fn heartbeat_put(cluster: &str) -> String {
+    format!(
+        "$JS.{HUB_DOMAIN}.API.$KV.{HEARTBEATS_BUCKET}.{}",
+        heartbeat_key(cluster)
+    )
+}
+
+/// The subject a heartbeat is stored under at the hub (what live watchers subscribe to).
+pub fn heartbeat_stored(cluster: &str) -> String {
     format!("$KV.{HEARTBEATS_BUCKET}.{}", heartbeat_key(cluster))
 }
 
@@ -229,7 +239,10 @@ mod tests {
         assert_eq!(cmd_local_stream("copenhagen-1"), "CMD_LOCAL_copenhagen-1");
         assert_eq!(status_stream("copenhagen-1"), "STATUS_copenhagen-1");
         assert_eq!(edge_consumer("copenhagen-1"), "edge-copenhagen-1");
-        assert_eq!(heartbeat_put("copenhagen-1"), "$KV.heartbeats.copenhagen-1");
+        assert_eq!(
+            heartbeat_put("copenhagen-1"),
+            "$JS.hub.API.$KV.heartbeats.copenhagen-1"
+        );
         assert_eq!(
             cluster_register("copenhagen-1"),
             "optikon.api.cluster.register.copenhagen-1"

@@ -192,6 +192,8 @@ pub struct Testbed {
     pub hub: NatsServer,
     roles: nats::RolePasswords,
     pub tls: TlsFiles,
+    /// The hub's leafnode port (edges reach it through their relays).
+    hub_leaf_port: u16,
     pub edges: Vec<EdgeSite>,
     pub services: Vec<ServiceProcess>,
     runtime_stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -288,6 +290,7 @@ impl Testbed {
             hub,
             roles,
             tls,
+            hub_leaf_port: hub_leaf,
             edges,
             services: Vec::new(),
             runtime_stop: Some(runtime_stop),
@@ -406,6 +409,44 @@ impl Testbed {
         let path = self.dir.join("testbed.json");
         let text = serde_json::to_string_pretty(&self.info()).expect("info serializes");
         std::fs::write(&path, text).map_err(|e| Error::io(format!("write {}", path.display()), e))
+    }
+
+    /// Starts one more leaf node that dials the hub as `identity` — a stolen site's
+    /// credentials in an attacker's own nats-server, for tests that try to break in.
+    /// Returns the server and the URL of its local user. It is stopped when dropped.
+    pub fn start_leaf_as(
+        &self,
+        name: &str,
+        identity: &NkeyUser,
+    ) -> Result<(NatsServer, String), Error> {
+        let binary = self.tools.get("nats-server")?;
+        let local_password = nats::random_secret();
+        let (port, monitor) = (free_port()?, free_port()?);
+        let conf = nats::edge_config(
+            name,
+            port,
+            monitor,
+            &self.dir.join(format!("{name}-store")),
+            self.hub_leaf_port,
+            identity,
+            &self.tls.ca,
+            &local_password,
+        )?;
+        let leaf = NatsServer::start(&binary, name, &self.dir, &conf, port, monitor)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.hub.connected_leafs()?.iter().any(|l| l == name) {
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(format!("leaf {name} did not connect to the hub")));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let url = format!("nats://local:{local_password}@127.0.0.1:{port}");
+        Ok((leaf, url))
+    }
+
+    /// The hub's client URL without credentials.
+    pub fn hub_address(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.hub.port)
     }
 
     /// Cuts an edge's link to the hub and waits until the hub sees it gone.
