@@ -212,7 +212,7 @@ pub fn markdown(r: &Results) -> String {
              so they add up to the total: the client's clock at publish and when it sees the \
              request complete; JetStream's store times of the request (`RELEASE_REQUESTS`), \
              the command (`CMD` at the hub, `CMD_LOCAL_<cluster>` at the edge), the `deployed` status \
-             (`STATUS_<cluster>` at the edge, its `STATUS_HUB_<shard>` at the hub) and the request record \
+             (the outbox `STATUS_<cluster>` at the edge, `STATUS_HUB` at the hub) and the request record \
              (`requests` bucket); the executor's log events (`command received`, `chart \
              fetched` with `fetch_ms`, the per-object `applied` debug events, `revision \
              recorded`); a wrapper around helm noting when `helm template` starts and ends; \
@@ -261,8 +261,10 @@ fn control_section(out: &mut String, r: &Results) {
          the hub through a relay as in the test bed and each carrying an even share of the \
          clusters. Each cluster is served by a simulated edge agent (`optikon-sim-edges`, \
          `tests/bench/src/sim.rs`): per cluster it creates the real edge streams \
-         (`CMD_LOCAL_<cluster>` sourcing the hub's `CMD`, `STATUS_<cluster>` sourced by a \
-         `STATUS_HUB_<shard>`), registers with the hub, stores a heartbeat every {} s, and \
+         (`CMD_LOCAL_<cluster>`, the outbox `STATUS_<cluster>`), registers with the hub, runs \
+         the prober's own site link (the downlink pulling the cluster's commands from its \
+         consumer `edge-<cluster>` at the hub, the uplink forwarding its outbox to \
+         `STATUS_HUB`), puts a heartbeat into the hub's `heartbeats` bucket every {} s, and \
          answers every command with a `deployed` status for its generation before \
          acknowledging it — what the prober and executor put on the wire, without a \
          Kubernetes cluster behind it. The hub cannot tell these clusters from real ones. \
@@ -344,9 +346,244 @@ fn control_section(out: &mut String, r: &Results) {
          nats-server and the router with the hub's streams set up and no cluster registered, \
          then after every cluster registered and heartbeated; \"per 1,000\" is the growth \
          divided by the clusters. Idle cores: CPU seconds over a {} s window with nothing \
-         asked of the hub but the heartbeats (one per cluster every {} s, folded into the \
-         registry) and JetStream's own health checks of every stream source (one idle \
-         heartbeat per second per source consumer, two per cluster):\n",
+         asked of the hub but the heartbeats (one KV put per cluster every {} s) and each \
+         cluster's waiting pull for commands (one expiry each way per cluster every 30 s):\n",
+        plan.idle_seconds, plan.heartbeat_seconds
+    );
+    let mut memory = Table::new(&[
+        "clusters",
+        "set-up",
+        "hub nats RSS",
+        "per 1,000",
+        "router RSS",
+        "per 1,000",
+        "heartbeats/s",
+        "idle hub nats",
+        "idle router",
+        "idle leaves",
+        "idle agents",
+    ])
+    .right_aligned(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    for c in &r.control {
+        let per_1000 = |base: f64, now: f64| (now - base) / c.clusters as f64 * 1000.0;
+        let idle = |name: &str| {
+            c.idle_cores
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or("–".into(), |(_, cores)| format!("{cores:.2}"))
+        };
+        memory.push(vec![
+            thousands(c.clusters),
+            format!("{:.0} s", c.setup_seconds),
+            format!("{:.0} → {:.0} MiB", c.hub_rss_base_mib, c.hub_rss_mib),
+            format!("{:.1} MiB", per_1000(c.hub_rss_base_mib, c.hub_rss_mib)),
+            format!("{:.0} → {:.0} MiB", c.router_rss_base_mib, c.router_rss_mib),
+            format!(
+                "{:.1} MiB",
+                per_1000(c.router_rss_base_mib, c.router_rss_mib)
+            ),
+            format!("{:.0}", c.heartbeats_per_second),
+            idle("hub nats-server"),
+            idle("selector-router"),
+            idle("leaf nats-servers"),
+            idle("simulated agents"),
+        ]);
+    }
+    let _ = writeln!(out, "{}", memory.render());
+    let _ = writeln!(
+        out,
+        "**What grows with the number of clusters.** Per cluster the hub holds one durable \
+         consumer on `CMD` (`edge-<cluster>`), one waiting pull on it (30 s long poll, an \
+         expiry each way when it ends), one `heartbeats` entry rewritten every heartbeat, and \
+         one registry record written at registration. Nothing folds heartbeats, and no \
+         stream source keeps a heartbeat of its own. Here all of it shares the machine's \
+         cores with the simulated edges; on a real fleet the leaf-node half of the load runs \
+         at the edge sites, and the hub's half is in the \"idle hub nats\" and \"idle \
+         router\" columns.\n"
+    );
+    let _ = writeln!(out, "**Bottleneck at each scale.**\n");
+        let smallest = r.fleet.iter().min_by_key(|f| f.size);
+        for result in &r.fleet {
+            if let Some(sentence) = fleet::bottleneck(result, smallest) {
+                let _ = writeln!(out, "- {sentence}");
+            }
+        }
+        let _ = writeln!(out);
+    }
+
+    if let Some(s) = &r.scaling {
+        let _ = writeln!(out, "## 2. Executor replicas against one cluster\n");
+        let _ = writeln!(
+            out,
+            "{} small releases (the same chart, `replicaCount=1`), one install request each, \
+             all sent at once through the client library to one site; timed until every \
+             request reported `deployed`, then removed (untimed). The site runs 1, 2 or 4 \
+             executor replicas sharing its durable consumer, each working on {} commands at \
+             once (its default). {} round(s) per count, the order alternating.\n",
+            s.releases, s.concurrency, r.plan.scaling_reps
+        );
+        let _ = writeln!(out, "{}", scaling::throughput_table(s).render());
+        let _ = writeln!(
+            out,
+            "CPU used meanwhile, in cores (CPU seconds ÷ wall seconds; the machine has {}). \
+             `helm template` runs are the executors' child processes; \"everything else\" is \
+             the other idle sites of this test bed, other people's work on the machine and \
+             the benchmark itself:\n",
+            r.machine.nproc
+        );
+        let _ = writeln!(out, "{}", scaling::cpu_table(s).render());
+        let _ = writeln!(out, "**What limits it.**\n");
+        for sentence in scaling::bottlenecks(s) {
+            let _ = writeln!(out, "- {sentence}");
+        }
+        let _ = writeln!(out);
+    }
+
+    if let Some(s) = &r.steps {
+        let _ = writeln!(out, "## 3. Where one install's time goes\n");
+        let _ = writeln!(
+            out,
+            "One release (`replicaCount=2`) on one cluster, {} repetitions after a warm-up, \
+             nothing else running on that site. The steps run between consecutive timestamps, \
+             so they add up to the total: the client's clock at publish and when it sees the \
+             request complete; JetStream's store times of the request (`RELEASE_REQUESTS`), \
+             the command (`CMD` at the hub, `CMD_LOCAL_<cluster>` at the edge), the `deployed` status \
+             (the outbox `STATUS_<cluster>` at the edge, `STATUS_HUB` at the hub) and the request record \
+             (`requests` bucket); the executor's log events (`command received`, `chart \
+             fetched` with `fetch_ms`, the per-object `applied` debug events, `revision \
+             recorded`); a wrapper around helm noting when `helm template` starts and ends; \
+             and a watch on the Deployment for when the cluster made it available.\n",
+            s.runs.len()
+        );
+        let _ = writeln!(out, "{}", steps::table(s).render());
+        if let Some(cold) = s.cold_fetch_ms {
+            let _ = writeln!(
+                out,
+                "The first install on the site fetched the chart from the hub's object store \
+                 instead of the edge cache: {cold:.0} ms.\n"
+            );
+        }
+        if let Some(sentence) = steps::bottleneck(s) {
+            let _ = writeln!(out, "**Bottleneck.** {sentence}\n");
+        }
+    }
+
+    if !r.control.is_empty() {
+        control_section(&mut out, r);
+    }
+    out
+}
+
+/// What the terminal shows at the end: the same report.
+pub fn terminal(r: &Results) -> String {
+    markdown(r)
+}
+
+fn control_section(out: &mut String, r: &Results) {
+    let plan = &r.plan.control;
+    let _ = writeln!(
+        out,
+        "## 4. The control plane at {} clusters\n",
+        r.control
+            .iter()
+            .map(|c| thousands(c.clusters))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "Per size a fresh hub — nats-server (JetStream domain `hub`), selector-router, \
+         chart-ingest and gateway as release builds — and {} leaf nats-servers, each dialling \
+         the hub through a relay as in the test bed and each carrying an even share of the \
+         clusters. Each cluster is served by a simulated edge agent (`optikon-sim-edges`, \
+         `tests/bench/src/sim.rs`): per cluster it creates the real edge streams \
+         (`CMD_LOCAL_<cluster>`, the outbox `STATUS_<cluster>`), registers with the hub, runs \
+         the prober's own site link (the downlink pulling the cluster's commands from its \
+         consumer `edge-<cluster>` at the hub, the uplink forwarding its outbox to \
+         `STATUS_HUB`), puts a heartbeat into the hub's `heartbeats` bucket every {} s, and \
+         answers every command with a `deployed` status for its generation before \
+         acknowledging it — what the prober and executor put on the wire, without a \
+         Kubernetes cluster behind it. The hub cannot tell these clusters from real ones. \
+         Everything runs on this one machine, agents and leaf nodes included.\n",
+        plan.leaves, plan.heartbeat_seconds
+    );
+    let _ = writeln!(
+        out,
+        "**Fan-out.** One request (`optikon upgrade` through the client library, selector \
+         `fleet=sim`, matching every cluster), timed from publishing it until the hub's \
+         request record shows every cluster acknowledged (`deployed`), as a client watching \
+         the record sees it. An untimed install first, then {} timed upgrades (2 above 5,000 \
+         clusters, where each takes minutes here). \"per cluster\" pools each cluster's own time to acknowledged over those upgrades. CPU \
+         is seconds per fan-out (median):\n",
+        plan.reps
+    );
+    let mut fanout = Table::new(&[
+        "clusters",
+        "runs",
+        "all acknowledged",
+        "per cluster p50",
+        "per cluster p99",
+        "commands/s",
+        "CPU hub nats",
+        "CPU router",
+        "CPU leaves",
+        "CPU agents",
+    ])
+    .right_aligned(&[0, 1, 3, 4, 5, 6, 7, 8, 9]);
+    for c in &r.control {
+        let all = Summary::of(&c.fanout_all);
+        let cpu = |name: &str| {
+            c.fanout_cpu
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or("–".into(), |(_, s)| format!("{s:.2} s"))
+        };
+        fanout.push(vec![
+            thousands(c.clusters),
+            c.fanout_all.len().to_string(),
+            all.map_or("–".into(), |s| s.seconds()),
+            format!("{:.2} s", control::percentile(&c.per_cluster, 50.0)),
+            format!("{:.2} s", control::percentile(&c.per_cluster, 99.0)),
+            all.map_or("–".into(), |s| {
+                format!("{:.0}", c.clusters as f64 / s.median)
+            }),
+            cpu("hub nats-server"),
+            cpu("selector-router"),
+            cpu("leaf nats-servers"),
+            cpu("simulated agents"),
+        ]);
+    }
+    let _ = writeln!(out, "{}", fanout.render());
+
+    let _ = writeln!(
+        out,
+        "**Router throughput.** {} install requests sent at once, each matching one \
+         cluster (`cluster=<name>`), timed until all were acknowledged. The router takes \
+         requests strictly in order, one at a time (an uninstall must never overtake the \
+         upgrade before it), so this is its serial rate:\n",
+        plan.single_requests
+    );
+    let mut single =
+        Table::new(&["clusters", "requests", "time", "requests/s"]).right_aligned(&[0, 1, 2, 3]);
+    for c in &r.control {
+        let (n, seconds) = c.single;
+        single.push(vec![
+            thousands(c.clusters),
+            n.to_string(),
+            format!("{seconds:.1} s"),
+            format!("{:.1}", n as f64 / seconds),
+        ]);
+    }
+    let _ = writeln!(out, "{}", single.render());
+
+    let _ = writeln!(
+        out,
+        "**Hub memory and the heartbeat load.** Resident memory (RSS) of the hub's \
+         nats-server and the router with the hub's streams set up and no cluster registered, \
+         then after every cluster registered and heartbeated; \"per 1,000\" is the growth \
+         divided by the clusters. Idle cores: CPU seconds over a {} s window with nothing \
+         asked of the hub but the heartbeats (one KV put per cluster every {} s) and each \
+         cluster's waiting pull for commands (one expiry each way per cluster every 30 s):\n",
         plan.idle_seconds, plan.heartbeat_seconds
     );
     let mut memory = Table::new(&[

@@ -25,7 +25,7 @@ const REPLICAS: u32 = 2;
 pub const STEPS: [&str; 15] = [
     "client → request stored (hub JetStream)",
     "router: request → command stored in `CMD` (hub)",
-    "NATS hop: `CMD` (hub) → `CMD_LOCAL_<cluster>` (edge)",
+    "downlink: `CMD` (hub) → `CMD_LOCAL_<cluster>` (edge)",
     "executor picks the command up",
     "newest-generation and record checks, `pending` status",
     "chart fetch (edge cache)",
@@ -35,7 +35,7 @@ pub const STEPS: [&str; 15] = [
     "readiness: pods scheduled and Running (cluster side)",
     "readiness noticed (0.5 s poll) + release record written",
     "`deployed` status stored at the edge",
-    "status hop: `STATUS_<cluster>` (edge) → `STATUS_HUB_<shard>` (hub)",
+    "uplink: outbox `STATUS_<cluster>` (edge) → `STATUS_HUB` (hub)",
     "router folds status into the request",
     "client sees the request complete",
 ];
