@@ -198,7 +198,7 @@ impl Bench {
             "{} missing: build the workspace first",
             optikon.display()
         );
-        let nats = optikon_runtime::connect_url(&testbed.hub_url(), "optikon-bench").await?;
+        let nats = optikon_runtime::connect_url(&testbed.admin_url(), "optikon-bench").await?;
         let mut kube = BTreeMap::new();
         for edge in &testbed.edges {
             let kubeconfig = &edge
