@@ -451,6 +451,8 @@ async fn each_hub_role_stays_within_its_role() -> anyhow::Result<()> {
                 r#"{"stream_name":"RELEASE_REQUESTS","config":{"durable_name":"selector-router","ack_policy":"none"}}"#,
             ));
             forbidden.push(("$JS.API.CONSUMER.MSG.NEXT.CMD.edge-copenhagen-2".to_owned(), r#"{"batch":1}"#));
+            forbidden.push(("$JS.API.CONSUMER.DELETE.RELEASE_REQUESTS.selector-router".to_owned(), ""));
+            forbidden.push(("$JS.API.CONSUMER.DELETE.STATUS_HUB.status-fold".to_owned(), ""));
         }
         for (subject, body) in &forbidden {
             refused(&client, subject, body)

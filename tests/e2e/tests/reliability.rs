@@ -823,7 +823,7 @@ async fn poison_commands_fail_with_a_reason_and_block_nothing() -> anyhow::Resul
             let statuses = stream_messages(
                 &edge_js(&testbed, site).await?,
                 &subject::status_stream(site),
-                &subject::release_status(site, &op.namespace, &op.release),
+                &subject::outbox_status(site, &op.namespace, &op.release),
             )
             .await?;
             let attempts = statuses
@@ -1294,7 +1294,7 @@ async fn edge_converge(
         for op in ops.iter().filter(|o| o.sites().iter().any(|s| s == site)) {
             let key = (op.namespace.clone(), op.release.clone());
             if !statuses.contains_key(&key) {
-                let subject = subject::release_status(site, &op.namespace, &op.release);
+                let subject = subject::outbox_status(site, &op.namespace, &op.release);
                 let bodies = stream_messages(&js, &subject::status_stream(site), &subject).await?;
                 let parsed = bodies
                     .iter()
