@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures::{Stream, StreamExt};
 use optikon_core::message::{
-    ApiError, ApiVersion, ChartIndexEntry, ClusterRecord, Heartbeat, ReleaseRequest, ReleaseStatus, Reply,
+    ApiError, ApiVersion, ChartIndexEntry, ClusterProgress, ClusterRecord, Heartbeat, ReleaseRequest, ReleaseStatus, Reply,
     RequestStatus, decode,
 };
 use optikon_core::{names, subject};
@@ -59,6 +59,27 @@ impl LabelChange {
         names::validate_label_value(value).map_err(bad)?;
         Ok(LabelChange::Set(key.to_owned(), value.to_owned()))
     }
+}
+
+/// Every target cluster's progress in a request, read from `request-clusters` in one pass.
+pub async fn request_clusters(
+    js: &jetstream::Context,
+    request_id: &str,
+) -> Result<BTreeMap<String, ClusterProgress>, ClientError> {
+    let filter = format!("{}.*", subject::token(request_id));
+    let entries =
+        optikon_runtime::kv::latest_values(js, subject::REQUEST_CLUSTERS_BUCKET, &filter)
+            .await
+            .map_err(ClientError::Nats)?;
+    let mut clusters = BTreeMap::new();
+    for (key, value) in entries {
+        if let Some((_, cluster)) = key.split_once('.') {
+            let progress = decode::<ClusterProgress>("request cluster entry", &value)
+                .map_err(ClientError::Refused)?;
+            clusters.insert(subject::untoken(cluster), progress);
+        }
+    }
+    Ok(clusters)
 }
 
 #[derive(Clone)]
@@ -213,18 +234,23 @@ impl Client {
         Ok(releases)
     }
 
+    /// A request's status with every target cluster's progress (the summary from
+    /// `requests`, the clusters from `request-clusters`).
     pub async fn request_status(&self, id: &str) -> Result<Option<RequestStatus>, ClientError> {
         let store = self.bucket(subject::REQUESTS_BUCKET).await?;
-        match store
+        let Some(bytes) = store
             .get(subject::token(id))
             .await
             .map_err(|e| nats("read request")(&e))?
-        {
-            Some(bytes) => Ok(Some(
-                decode("request status", &bytes).map_err(ClientError::Refused)?,
-            )),
-            None => Ok(None),
+        else {
+            return Ok(None);
+        };
+        let mut status: RequestStatus =
+            decode("request status", &bytes).map_err(ClientError::Refused)?;
+        if status.progress.is_some() {
+            status.clusters = request_clusters(&self.js, id).await?;
         }
+        Ok(Some(status))
     }
 
     /// Applies label changes to a cluster (optimistic concurrency, retried on conflict).
@@ -347,7 +373,8 @@ impl Client {
                         return Err(ClientError::Refused(error.clone()));
                     }
                     if status.is_complete() {
-                        return Ok(status);
+                        // The summary says done; the answer names every cluster.
+                        return Ok(self.request_status(&status.id).await?.unwrap_or(status));
                     }
                 }
             }

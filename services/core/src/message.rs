@@ -453,8 +453,25 @@ pub struct ClusterProgress {
     pub reason: Option<String>,
 }
 
-/// Where a request stands (KV bucket `requests`, key = request id; every change is also
-/// published on `optikon.event.request.<id>`).
+/// How far a request has come: counts over its target clusters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestProgress {
+    /// Clusters the request matched.
+    pub targets: usize,
+    /// Of those, the ones in a final state (deployed, failed, uninstalled, superseded, …).
+    pub done: usize,
+    /// Of the done ones, the failed.
+    pub failed: usize,
+}
+
+/// Where a request stands. Stored as a summary plus one entry per cluster, so a change on
+/// one cluster writes and announces only that cluster:
+///
+/// - in KV `requests` (key = request id): the summary, with `progress` and no `clusters`;
+/// - in KV `request-clusters` (key = `<request id>.<cluster>`): each cluster's progress;
+/// - on `optikon.event.request.<id>`: the summary with the clusters that just changed;
+/// - from the client library (`request_status`): the summary with every cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestStatus {
@@ -469,15 +486,23 @@ pub struct RequestStatus {
     /// Set when the request itself was refused; then `clusters` is empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ApiError>,
-    /// Every matching cluster and its progress. Empty when nothing matched: that is an answer.
+    /// Clusters and their progress: every matching cluster in an assembled status, the
+    /// changed ones in an event, none in the stored summary (see above).
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterProgress>,
+    /// The counts over every target cluster; absent in a status written before they were
+    /// kept, whose `clusters` then holds every target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<RequestProgress>,
     pub accepted_at: Timestamp,
 }
 
 impl RequestStatus {
     /// Counts of (finished, failed, total) clusters.
     pub fn tally(&self) -> (usize, usize, usize) {
+        if let Some(p) = self.progress {
+            return (p.done, p.failed, p.targets);
+        }
         let done = self
             .clusters
             .values()
@@ -494,7 +519,45 @@ impl RequestStatus {
     /// True once the request was refused or every target cluster reached a final state.
     pub fn is_complete(&self) -> bool {
         let (done, _, total) = self.tally();
-        self.error.is_some() || done == total
+        self.error.is_some() || done >= total
+    }
+
+    /// The counts over `clusters` (which must hold every target).
+    pub fn counted(clusters: &BTreeMap<String, ClusterProgress>) -> RequestProgress {
+        RequestProgress {
+            targets: clusters.len(),
+            done: clusters.values().filter(|c| c.state.is_final()).count(),
+            failed: clusters
+                .values()
+                .filter(|c| c.state == ReleaseState::Failed)
+                .count(),
+        }
+    }
+}
+
+impl ClusterProgress {
+    /// What changing from `self` to `next` does to a request's counts: (done, failed).
+    pub fn delta(&self, next: &ClusterProgress) -> (isize, isize) {
+        let count = |p: &ClusterProgress| {
+            (
+                isize::from(p.state.is_final()),
+                isize::from(p.state == ReleaseState::Failed),
+            )
+        };
+        let (d0, f0) = count(self);
+        let (d1, f1) = count(next);
+        (d1 - d0, f1 - f0)
+    }
+}
+
+impl RequestProgress {
+    /// These counts after a cluster's change by `delta` (see [`ClusterProgress::delta`]).
+    pub fn apply(self, (done, failed): (isize, isize)) -> RequestProgress {
+        RequestProgress {
+            targets: self.targets,
+            done: self.done.saturating_add_signed(done),
+            failed: self.failed.saturating_add_signed(failed),
+        }
     }
 }
 
@@ -605,6 +668,54 @@ pub struct ChartFetchRequest {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn request_counts_follow_each_clusters_change() {
+        let at = |state| ClusterProgress {
+            generation: 1,
+            state,
+            revision: None,
+            reason: None,
+        };
+        let start = RequestProgress {
+            targets: 3,
+            done: 0,
+            failed: 0,
+        };
+        let p = start
+            .apply(at(ReleaseState::Pending).delta(&at(ReleaseState::Deployed)))
+            .apply(at(ReleaseState::Pending).delta(&at(ReleaseState::Failed)));
+        assert_eq!((p.done, p.failed), (2, 1));
+        // A failed cluster retried and deployed: still done, no longer failed.
+        let p = p.apply(at(ReleaseState::Failed).delta(&at(ReleaseState::Deployed)));
+        assert_eq!((p.done, p.failed), (2, 0));
+        let status = RequestStatus {
+            api_version: ApiVersion,
+            id: "r".into(),
+            action: None,
+            release: "web".into(),
+            namespace: "default".into(),
+            selector: String::new(),
+            error: None,
+            clusters: BTreeMap::new(),
+            progress: Some(p),
+            accepted_at: Timestamp::now(),
+        };
+        assert_eq!(status.tally(), (2, 0, 3));
+        assert!(!status.is_complete());
+        let clusters = BTreeMap::from([
+            ("a".to_owned(), at(ReleaseState::Deployed)),
+            ("b".to_owned(), at(ReleaseState::Failed)),
+        ]);
+        assert_eq!(
+            RequestStatus::counted(&clusters),
+            RequestProgress {
+                targets: 2,
+                done: 2,
+                failed: 1
+            }
+        );
+    }
+
     use super::*;
 
     #[test]

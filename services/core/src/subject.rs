@@ -63,6 +63,8 @@ pub const CLUSTERS_BUCKET: &str = "clusters";
 pub const DESIRED_BUCKET: &str = "desired";
 pub const RELEASES_BUCKET: &str = "releases";
 pub const REQUESTS_BUCKET: &str = "requests";
+/// One entry per request per target cluster: `<request id>.<cluster>` ([`request_cluster_key`]).
+pub const REQUEST_CLUSTERS_BUCKET: &str = "request-clusters";
 
 /// Edge copy of one cluster's commands (`CMD_LOCAL_<cluster>`), sourced from the hub's
 /// `CMD`. Named per cluster, not per site, so one leaf node may serve several clusters.
@@ -203,6 +205,11 @@ pub fn request_event(request_id: &str) -> String {
 /// Key of a release on a cluster in the `desired` and `releases` buckets.
 pub fn release_key(cluster: &str, namespace: &str, release: &str) -> String {
     format!("{}.{}.{}", token(cluster), token(namespace), token(release))
+}
+
+/// Key of one cluster's part of a request in [`REQUEST_CLUSTERS_BUCKET`].
+pub fn request_cluster_key(request_id: &str, cluster: &str) -> String {
+    format!("{}.{}", token(request_id), token(cluster))
 }
 
 /// Key of a chart in the `chart-index` bucket. SemVer build metadata (`+`) is not allowed in

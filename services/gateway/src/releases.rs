@@ -261,6 +261,13 @@ pub async fn carry_out(
             }
         }
     }
+    // Updates carry the summary; the answer names every cluster.
+    let last = match last {
+        Some(status) if status.progress.is_some() => {
+            Some(client.request_status(&status.id).await?.unwrap_or(status))
+        }
+        other => other,
+    };
     let result = match &last {
         Some(status) => RequestResult::from_status(status),
         None => RequestResult::published(request),

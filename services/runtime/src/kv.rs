@@ -39,3 +39,60 @@ pub async fn keys_matching(
     keys.sort();
     Ok(keys)
 }
+
+/// The newest live value of every key of `bucket` matching `filter` (a key pattern with
+/// NATS wildcards), with its key, in one pass of an ordered consumer: one request however
+/// many keys match, where [`keys`] plus a read per key would make one per key.
+pub async fn latest_values(
+    js: &jetstream::Context,
+    bucket: &str,
+    filter: &str,
+) -> Result<Vec<(String, bytes::Bytes)>, String> {
+    use async_nats::jetstream::consumer::{self, DeliverPolicy};
+    use futures::StreamExt;
+
+    let prefix = format!("$KV.{bucket}.");
+    let stream = js
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .map_err(|e| format!("bucket {bucket}: {e}"))?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: format!("{prefix}{filter}"),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("read bucket {bucket}: {e}"))?;
+    let mut values = Vec::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(values);
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("read bucket {bucket}: {e}"))?;
+    // Each message within this long, or the read fails rather than hangs.
+    const QUIET: std::time::Duration = std::time::Duration::from_secs(10);
+    loop {
+        let message = match tokio::time::timeout(QUIET, messages.next()).await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(_) => return Err(format!("read bucket {bucket}: no message within {QUIET:?}")),
+        };
+        let message = message.map_err(|e| format!("read bucket {bucket}: {e}"))?;
+        let pending = message.info().map(|i| i.pending).unwrap_or(0);
+        let deleted = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+        if !deleted && let Some(key) = message.subject.strip_prefix(&prefix) {
+            values.push((key.to_owned(), message.payload.clone()));
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(values)
+}

@@ -3,7 +3,7 @@
 //!
 //! Hub (domain `hub`): `RELEASE_REQUESTS`, `CMD` (with one durable consumer per cluster,
 //! `edge-<cluster>`), `EVENTS`, `STATUS_HUB`, KV `clusters`, `heartbeats`, `desired`,
-//! `releases`, `requests`, `chart-index`, object stores `charts` and `chart-uploads`. Edge
+//! `releases`, `requests`, `request-clusters`, `chart-index`, object stores `charts` and `chart-uploads`. Edge
 //! (its own domain, one leaf node), per cluster it serves: `CMD_LOCAL_<cluster>` (commands
 //! pulled from the hub) and `STATUS_<cluster>` (the outbox of status for the hub); object
 //! store `chart-cache`.
@@ -192,16 +192,18 @@ pub async fn ensure_hub(js: &jetstream::Context) -> Result<(), TopologyError> {
         },
     )
     .await?;
-    ensure_kv(
-        js,
-        kv::Config {
-            bucket: subject::REQUESTS_BUCKET.into(),
-            history: 1,
-            max_age: 30 * DAY,
-            ..Default::default()
-        },
-    )
-    .await?;
+    for bucket in [subject::REQUESTS_BUCKET, subject::REQUEST_CLUSTERS_BUCKET] {
+        ensure_kv(
+            js,
+            kv::Config {
+                bucket: bucket.into(),
+                history: 1,
+                max_age: 30 * DAY,
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
     ensure_object_store(
         js,
         object_store::Config {

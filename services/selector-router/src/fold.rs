@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::{StreamExt, TryStreamExt};
-use optikon_core::message::{ApiError, ReleaseState, ReleaseStatus, RequestStatus, decode};
+use optikon_core::message::{
+    ApiError, ClusterProgress, ReleaseState, ReleaseStatus, RequestStatus, decode,
+};
 use optikon_core::subject;
 use optikon_runtime::shutdown::Shutdown;
 use tokio::sync::oneshot;
@@ -25,17 +27,16 @@ use crate::{Hub, consume_batches, internal, read, write_if};
 
 const CONSUMER: &str = "status-fold";
 /// Messages folded in one pass: a fan-out to thousands of clusters answers with thousands of
-/// statuses for one request, and each pass rewrites that request's record once.
+/// statuses for one request, and each pass rewrites that request's summary once.
 const BATCH: usize = 512;
 /// KV updates in flight at once within a pass.
 const CONCURRENCY: usize = 32;
 
-/// Folds statuses into request records: one writer per request in this process, with group
-/// commit. A fan-out's statuses arrive through every shard at once; whatever arrives while
-/// a request's record is being written goes into its next write. Without this the shards
-/// would race on the one record (compare-and-set, retried), and at thousands of clusters
-/// each write of the record — hundreds of KiB — would carry one shard's batch only.
-/// Replicas in other processes are still kept apart by compare-and-set.
+/// Folds statuses into requests: one writer per request in this process, with group commit.
+/// Whatever arrives while a request is being written goes into its next write, so the
+/// summary (the one record every status of a request touches) is written once per round
+/// instead of racing itself (compare-and-set, retried) once per status. Replicas in other
+/// processes are still kept apart by compare-and-set.
 #[derive(Clone, Default)]
 struct RequestFolds(Arc<std::sync::Mutex<HashMap<String, Queue>>>);
 
@@ -104,6 +105,16 @@ impl RequestFolds {
 /// Folds `STATUS_HUB` through the durable consumer all replicas share.
 pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
     let folds = RequestFolds::default();
+    {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            match recount_open_requests(&hub).await {
+                Ok(0) => {}
+                Ok(fixed) => tracing::info!(requests = fixed, "recounted open requests"),
+                Err(error) => tracing::warn!(%error, "open requests not recounted"),
+            }
+        });
+    }
     consume_batches(
         &hub,
         subject::STATUS_HUB_STREAM,
@@ -207,24 +218,117 @@ async fn fold_release(hub: &Hub, key: String, status: &ReleaseStatus) -> Result<
     ))
 }
 
-/// Folds statuses of one request into its record, in one write, and announces the result.
+/// Folds statuses of one request: each changed cluster's entry (compare-and-set), then the
+/// summary's counts in one write, then one event with the summary and what changed. A
+/// fan-out to 10,000 clusters thus writes 10,000 small entries and a summary per batch,
+/// not a record of every cluster per batch.
 async fn fold_into_request(
     hub: &Hub,
     request_id: &str,
     statuses: Vec<&ReleaseStatus>,
 ) -> Result<(), ApiError> {
     let key = subject::token(request_id);
+    if read::<RequestStatus>(&hub.requests, &key).await?.is_none() {
+        // Not a request this hub knows (expired, or made elsewhere): nothing to track.
+        return Ok(());
+    }
+    let mut by_cluster: BTreeMap<String, Vec<ReleaseStatus>> = BTreeMap::new();
+    for status in statuses {
+        by_cluster
+            .entry(status.cluster.clone())
+            .or_default()
+            .push(status.clone());
+    }
+    // Owned work items: the folds run concurrently inside a spawned writer task.
+    let work: Vec<_> = by_cluster
+        .into_iter()
+        .map(|(cluster, statuses)| {
+            let (hub, id) = (hub.clone(), request_id.to_owned());
+            async move { fold_cluster(&hub, &id, &cluster, &statuses).await }
+        })
+        .collect();
+    let changes: Vec<(String, ClusterProgress, (isize, isize))> = futures::stream::iter(work)
+    .buffer_unordered(CONCURRENCY)
+    .try_collect::<Vec<_>>()
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let delta = changes
+        .iter()
+        .fold((0, 0), |(d, f), (_, _, (dd, df))| (d + dd, f + df));
     for _ in 0..20 {
-        let Some((mut request, revision)) = read::<RequestStatus>(&hub.requests, &key).await?
+        let Some((mut summary, revision)) = read::<RequestStatus>(&hub.requests, &key).await?
         else {
-            // Not a request this hub knows (expired, or made elsewhere): nothing to track.
             return Ok(());
         };
-        let mut changed = false;
-        for status in &statuses {
-            let Some(progress) = request.clusters.get_mut(&status.cluster) else {
-                continue;
-            };
+        let progress = match summary.progress {
+            Some(progress) => progress,
+            // A summary from before counts were kept: count its entries once.
+            None => RequestStatus::counted(&request_clusters(hub, request_id).await?),
+        };
+        summary.progress = Some(progress.apply(delta));
+        summary.clusters.clear();
+        if write_if(&hub.requests, &key, &summary, Some(revision)).await? {
+            let changed = changes
+                .into_iter()
+                .map(|(cluster, progress, _)| (cluster, progress));
+            return publish_changes(hub, summary, changed).await;
+        }
+    }
+    Err(internal(
+        "fold request progress",
+        "too many concurrent updates",
+    ))
+}
+
+/// Most of an event's body given to cluster entries: well under NATS's 1 MiB message limit,
+/// however many clusters changed at once and however long their reasons.
+const EVENT_CLUSTER_BYTES: usize = 256 * 1024;
+
+/// Announces the summary with the clusters that changed, in as many events as their size
+/// needs (each event carries the summary).
+async fn publish_changes(
+    hub: &Hub,
+    mut summary: RequestStatus,
+    changed: impl Iterator<Item = (String, ClusterProgress)>,
+) -> Result<(), ApiError> {
+    summary.clusters.clear();
+    let mut size = 0;
+    for (cluster, progress) in changed {
+        // Name, state, numbers and JSON around them: a generous 128 bytes.
+        let entry_size = cluster.len() + progress.reason.as_ref().map_or(0, String::len) + 128;
+        if size + entry_size > EVENT_CLUSTER_BYTES && !summary.clusters.is_empty() {
+            publish_event(hub, &summary).await?;
+            summary.clusters.clear();
+            size = 0;
+        }
+        size += entry_size;
+        summary.clusters.insert(cluster, progress);
+    }
+    publish_event(hub, &summary).await
+}
+
+/// Folds one cluster's statuses into its entry of the request. `Some` with the new progress
+/// and its effect on the counts when the entry changed; `None` when nothing did (a repeat,
+/// an older generation, a cluster the request did not target).
+async fn fold_cluster(
+    hub: &Hub,
+    request_id: &str,
+    cluster: &str,
+    statuses: &[ReleaseStatus],
+) -> Result<Option<(String, ClusterProgress, (isize, isize))>, ApiError> {
+    let key = subject::request_cluster_key(request_id, cluster);
+    for _ in 0..20 {
+        let Some((old, revision)) = read::<ClusterProgress>(&hub.request_clusters, &key).await?
+        else {
+            return Ok(None);
+        };
+        let mut progress = old.clone();
+        for status in statuses {
             if progress.generation != status.generation
                 || (progress.state.is_final() && !status.state.is_final())
                 || (progress.state == status.state && progress.revision == status.revision)
@@ -233,18 +337,98 @@ async fn fold_into_request(
             }
             progress.state = status.state;
             progress.revision = status.revision;
-            progress.reason = status.reason.clone();
-            changed = true;
+            progress.reason = status.reason.as_deref().map(bounded_reason);
         }
-        if !changed {
-            return Ok(());
+        if progress == old {
+            return Ok(None);
         }
-        if write_if(&hub.requests, &key, &request, Some(revision)).await? {
-            return publish_event(hub, &request).await;
+        if write_if(&hub.request_clusters, &key, &progress, Some(revision)).await? {
+            let delta = old.delta(&progress);
+            return Ok(Some((cluster.to_owned(), progress, delta)));
         }
     }
     Err(internal(
         "fold request progress",
-        "too many concurrent updates",
+        format!("{key} kept changing under concurrent folds"),
     ))
+}
+
+/// Longest reason kept in a request's cluster entry; the full one is in the release's status.
+const MAX_REASON_BYTES: usize = 16 * 1024;
+
+/// `reason`, cut at [`MAX_REASON_BYTES`] (on a character boundary) with a note that it was.
+fn bounded_reason(reason: &str) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason.to_owned();
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (cut at {MAX_REASON_BYTES} bytes; the release's status has it all)", &reason[..end])
+}
+
+/// Every cluster's entry of a request.
+pub async fn request_clusters(
+    hub: &Hub,
+    request_id: &str,
+) -> Result<BTreeMap<String, ClusterProgress>, ApiError> {
+    let filter = format!("{}.*", subject::token(request_id));
+    let entries = optikon_runtime::kv::latest_values(&hub.js, subject::REQUEST_CLUSTERS_BUCKET, &filter)
+        .await
+        .map_err(|e| internal("read a request's clusters", e))?;
+    let mut clusters = BTreeMap::new();
+    for (key, value) in entries {
+        let Some((_, cluster)) = key.split_once('.') else {
+            continue;
+        };
+        let progress = decode::<ClusterProgress>("request cluster entry", &value)
+            .map_err(|e| internal(&format!("decode {key}"), e))?;
+        clusters.insert(subject::untoken(cluster), progress);
+    }
+    Ok(clusters)
+}
+
+/// Puts right the counts of every request still open that was accepted in the last day:
+/// a router that stopped between a cluster's entry and the summary left its count short.
+/// Run when a router starts; the entries are the truth.
+pub async fn recount_open_requests(hub: &Hub) -> Result<usize, ApiError> {
+    let keys = optikon_runtime::kv::keys(&hub.js, subject::REQUESTS_BUCKET)
+        .await
+        .map_err(|e| internal("list requests", e))?;
+    let now = optikon_core::message::Timestamp::now();
+    let mut fixed = 0;
+    for key in keys {
+        let Some((mut summary, revision)) = read::<RequestStatus>(&hub.requests, &key).await?
+        else {
+            continue;
+        };
+        if summary.is_complete() || summary.accepted_at.seconds_until(now) > 24.0 * 3600.0 {
+            continue;
+        }
+        let counted = RequestStatus::counted(&request_clusters(hub, &summary.id).await?);
+        if summary.progress == Some(counted) {
+            continue;
+        }
+        summary.progress = Some(counted);
+        if write_if(&hub.requests, &key, &summary, Some(revision)).await? {
+            publish_event(hub, &summary).await?;
+            fixed += 1;
+        }
+    }
+    Ok(fixed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_reasons_are_cut_on_a_character_boundary() {
+        assert_eq!(bounded_reason("short"), "short");
+        let long = "é".repeat(MAX_REASON_BYTES);
+        let cut = bounded_reason(&long);
+        assert!(cut.len() < MAX_REASON_BYTES + 100, "{}", cut.len());
+        assert!(cut.ends_with("has it all)"));
+    }
 }

@@ -33,6 +33,7 @@ pub struct Hub {
     pub desired: kv::Store,
     pub releases: kv::Store,
     pub requests: kv::Store,
+    pub request_clusters: kv::Store,
     pub chart_index: kv::Store,
     /// Every cluster record, followed live (see [`view`]).
     pub cluster_view: view::ClusterView,
@@ -48,6 +49,7 @@ impl Hub {
             desired: js.get_key_value(subject::DESIRED_BUCKET).await?,
             releases: js.get_key_value(subject::RELEASES_BUCKET).await?,
             requests: js.get_key_value(subject::REQUESTS_BUCKET).await?,
+            request_clusters: js.get_key_value(subject::REQUEST_CLUSTERS_BUCKET).await?,
             chart_index: js.get_key_value(subject::CHART_INDEX_BUCKET).await?,
             js,
         })

@@ -11,8 +11,8 @@ use async_nats::jetstream;
 use futures::{StreamExt, TryStreamExt};
 use optikon_core::message::{
     Action, ApiError, ApiVersion, ChartIndexEntry, ChartPin, ChartRef, ClusterProgress,
-    ClusterRecord, DesiredRelease, ErrorCode, ReleaseRequest, ReleaseState, RequestStatus,
-    Timestamp, decode,
+    ClusterRecord, DesiredRelease, ErrorCode, ReleaseRequest, ReleaseState, RequestProgress,
+    RequestStatus, Timestamp, decode,
 };
 use optikon_core::selector::LabelSelector;
 use optikon_core::subject;
@@ -82,6 +82,7 @@ async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiError>
         selector: request.selector.clone(),
         error: None,
         clusters: BTreeMap::new(),
+        progress: Some(RequestProgress::default()),
         accepted_at: Timestamp::now(),
     };
     if let Err(error) = validate_id(&request.id) {
@@ -99,9 +100,10 @@ async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiError>
         }
     };
 
-    // Desired state first, then the request's status, then the commands: an edge can only
-    // answer a command whose request status already exists to be updated. Each step works
-    // on many clusters at once; a fan-out to thousands is round trips, not computation.
+    // Desired state first, then the request's status (one entry per cluster, then the
+    // summary), then the commands: an edge can only answer a command whose request status
+    // already exists to be updated. Each step works on many clusters at once; a fan-out to
+    // thousands is round trips, not computation.
     let desired: Vec<DesiredRelease> = futures::stream::iter(
         plan.clusters
             .iter()
@@ -110,21 +112,37 @@ async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiError>
     .buffered(CONCURRENCY)
     .try_collect()
     .await?;
-    for desired in &desired {
-        status.clusters.insert(
-            desired.cluster.clone(),
-            ClusterProgress {
-                generation: desired.generation,
-                state: ReleaseState::Pending,
-                revision: None,
-                reason: None,
-            },
-        );
-    }
+    futures::stream::iter(desired.iter().map(|d| create_cluster_entry(hub, &request.id, d)))
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+    status.progress = Some(RequestProgress {
+        targets: desired.len(),
+        ..RequestProgress::default()
+    });
     let status = merge_status(hub, status).await?;
     publish_commands(hub, &request.id, &desired).await?;
     tracing::info!(id = %request.id, targets = desired.len(), "commands sent");
+    // The summary only: every cluster is pending, which the count says.
     publish_event(hub, &status).await
+}
+
+/// The cluster's entry of the request, `pending` at the desired generation, unless an
+/// earlier attempt at this request made it already (progress folded into it is kept).
+async fn create_cluster_entry(
+    hub: &Hub,
+    request_id: &str,
+    desired: &DesiredRelease,
+) -> Result<(), ApiError> {
+    let progress = ClusterProgress {
+        generation: desired.generation,
+        state: ReleaseState::Pending,
+        revision: None,
+        reason: None,
+    };
+    let key = subject::request_cluster_key(request_id, &desired.cluster);
+    write_if(&hub.request_clusters, &key, &progress, None).await?;
+    Ok(())
 }
 
 /// KV reads and writes, and command publishes, in flight at once for one request.
@@ -274,7 +292,7 @@ async fn set_desired(
     ))
 }
 
-/// Creates the request's status, or merges into one a previous attempt wrote (keeping the
+/// Creates the request's summary, or merges into one a previous attempt wrote (keeping the
 /// progress already folded in).
 async fn merge_status(hub: &Hub, mut status: RequestStatus) -> Result<RequestStatus, ApiError> {
     let key = subject::token(&status.id);
@@ -283,8 +301,10 @@ async fn merge_status(hub: &Hub, mut status: RequestStatus) -> Result<RequestSta
         let revision = current.as_ref().map(|(_, r)| *r);
         if let Some((existing, _)) = current {
             status.accepted_at = existing.accepted_at;
-            for (cluster, progress) in existing.clusters {
-                status.clusters.insert(cluster, progress);
+            if let (Some(mine), Some(theirs)) = (status.progress.as_mut(), existing.progress) {
+                mine.done = theirs.done;
+                mine.failed = theirs.failed;
+                mine.targets = mine.targets.max(theirs.targets);
             }
         }
         if write_if(&hub.requests, &key, &status, revision).await? {
@@ -343,6 +363,7 @@ fn rejected_unreadable(id: &str, body: &[u8], error: ApiError) -> RequestStatus 
         selector: text("selector"),
         error: Some(error),
         clusters: BTreeMap::new(),
+        progress: Some(RequestProgress::default()),
         accepted_at: Timestamp::now(),
     }
 }

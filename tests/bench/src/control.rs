@@ -14,8 +14,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use async_nats::jetstream;
+use futures::StreamExt;
 use optikon_client::Client;
-use optikon_core::message::{Action, ChartRef, ReleaseRequest, ReleaseState};
+use optikon_core::message::{Action, ChartRef, ClusterProgress, ReleaseRequest, ReleaseState};
+use optikon_core::subject;
 use optikon_testbed::{Site, Testbed, TestbedConfig};
 use tokio::io::AsyncBufReadExt;
 
@@ -366,20 +369,39 @@ async fn fan_out(
     request: &ReleaseRequest,
     clusters: usize,
 ) -> anyhow::Result<(f64, Vec<f64>)> {
+    // Each cluster's entry of the request, watched as it changes: when it turned final.
+    let entries = jetstream::new(client.nats().clone())
+        .get_key_value(subject::REQUEST_CLUSTERS_BUCKET)
+        .await?
+        .watch(format!("{}.*", subject::token(&request.id)))
+        .await?;
     let started = Instant::now();
-    let mut acked: BTreeMap<String, f64> = BTreeMap::new();
-    let status = client
-        .run_request(request, Duration::from_secs(600), |status| {
-            let now = started.elapsed().as_secs_f64();
-            for (cluster, progress) in &status.clusters {
-                if progress.state.is_final() {
-                    acked.entry(cluster.clone()).or_insert(now);
-                }
+    let acked = tokio::spawn(async move {
+        let mut acked: BTreeMap<String, f64> = BTreeMap::new();
+        let mut entries = std::pin::pin!(entries);
+        while let Some(Ok(entry)) = entries.next().await {
+            let Ok(progress) = serde_json::from_slice::<ClusterProgress>(&entry.value) else {
+                continue;
+            };
+            if progress.state.is_final() {
+                acked
+                    .entry(entry.key.clone())
+                    .or_insert(started.elapsed().as_secs_f64());
             }
-        })
+            if acked.len() == clusters {
+                break;
+            }
+        }
+        acked
+    });
+    let status = client
+        .run_request(request, Duration::from_secs(600), |_| {})
         .await
         .with_context(|| format!("{} of {} clusters", request.action, clusters))?;
     let all = started.elapsed().as_secs_f64();
+    let acked = tokio::time::timeout(Duration::from_secs(30), acked)
+        .await
+        .context("every cluster's entry seen final")??;
     anyhow::ensure!(
         status.clusters.len() == clusters,
         "the request matched {} clusters, not all {clusters}",

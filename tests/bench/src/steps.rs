@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use async_nats::jetstream;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use optikon_core::message::{ReleaseState, RequestStatus};
+use optikon_core::message::RequestStatus;
 use optikon_core::subject;
 use time::OffsetDateTime;
 
@@ -142,14 +142,9 @@ async fn once(
                 bail!("request refused: {}", error.message);
             }
             if status.is_complete() {
-                for (cluster, progress) in &status.clusters {
-                    anyhow::ensure!(
-                        progress.state == ReleaseState::Deployed,
-                        "{release} on {cluster}: {} ({})",
-                        progress.state,
-                        progress.reason.as_deref().unwrap_or("")
-                    );
-                }
+                // The summary counts; the one cluster's entry says how it went.
+                let (_, failed, _) = status.tally();
+                anyhow::ensure!(failed == 0, "{release} failed on {STEPS_SITE}");
                 return Ok((entry.created, OffsetDateTime::now_utc()));
             }
         }

@@ -453,6 +453,11 @@ async fn each_hub_role_stays_within_its_role() -> anyhow::Result<()> {
             forbidden.push(("$JS.API.CONSUMER.MSG.NEXT.CMD.edge-copenhagen-2".to_owned(), r#"{"batch":1}"#));
             forbidden.push(("$JS.API.CONSUMER.DELETE.RELEASE_REQUESTS.selector-router".to_owned(), ""));
             forbidden.push(("$JS.API.CONSUMER.DELETE.STATUS_HUB.status-fold".to_owned(), ""));
+            forbidden.push(("$JS.API.CONSUMER.DELETE.CMD.edge-copenhagen-2".to_owned(), ""));
+            forbidden.push((
+                "$JS.API.CONSUMER.MSG.NEXT.RELEASE_REQUESTS.selector-router".to_owned(),
+                r#"{"batch":1}"#,
+            ));
         }
         for (subject, body) in &forbidden {
             refused(&client, subject, body)

@@ -1162,27 +1162,38 @@ async fn request_progress(
     id: &str,
     site: &str,
 ) -> anyhow::Result<Option<ClusterProgress>> {
+    let Some(status) = request_status(js, id).await? else {
+        return Ok(None);
+    };
+    Ok(status.clusters.get(site).cloned())
+}
+
+/// A request's status as the client library assembles it: the summary from `requests`,
+/// every cluster's entry from `request-clusters`.
+async fn request_status(
+    js: &jetstream::Context,
+    id: &str,
+) -> anyhow::Result<Option<RequestStatus>> {
     let requests = js.get_key_value(subject::REQUESTS_BUCKET).await?;
     let Some(bytes) = requests.get(subject::token(id)).await? else {
         return Ok(None);
     };
-    let status: RequestStatus = serde_json::from_slice(&bytes)?;
-    Ok(status.clusters.get(site).cloned())
+    let mut status: RequestStatus = serde_json::from_slice(&bytes)?;
+    status.clusters = optikon_client::request_clusters(js, id).await?;
+    Ok(Some(status))
 }
 
 /// Waits until the router has turned every request into commands (its status lists the
 /// clusters).
 async fn routed(js: &jetstream::Context, ops: &[Op]) -> anyhow::Result<()> {
-    let requests = js.get_key_value(subject::REQUESTS_BUCKET).await?;
     for op in ops {
         optikon_e2e::eventually(
             &format!("request {} routed", op.id),
             Duration::from_secs(30),
             || async {
-                let Some(bytes) = requests.get(subject::token(&op.id)).await? else {
+                let Some(status) = request_status(js, &op.id).await? else {
                     return Ok(None);
                 };
-                let status: RequestStatus = serde_json::from_slice(&bytes)?;
                 Ok((!status.clusters.is_empty()).then_some(()))
             },
         )
@@ -1221,7 +1232,6 @@ async fn settle_on(
     watched: &[&str],
     sites: &[&str],
 ) -> anyhow::Result<Settled> {
-    let requests = js.get_key_value(subject::REQUESTS_BUCKET).await?;
     let mut settled = Settled::default();
     let mut open: BTreeSet<(String, String)> = BTreeSet::new();
     for op in ops {
@@ -1234,10 +1244,9 @@ async fn settle_on(
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     loop {
         for op in ops {
-            let Ok(Some(bytes)) = requests.get(subject::token(&op.id)).await else {
+            let Ok(Some(status)) = request_status(js, &op.id).await else {
                 continue;
             };
-            let status: RequestStatus = serde_json::from_slice(&bytes)?;
             ensure!(
                 status.error.is_none(),
                 "request {} was refused: {:?}",

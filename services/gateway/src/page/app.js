@@ -193,6 +193,9 @@ function trackRollout(result) {
     say(form, s.failed ? `${result.release}: failed on ${s.failed} of ${s.clusters} cluster(s); see Rollouts.`
       : `${result.release}: done on ${s.clusters} cluster(s).`, s.failed ? "error" : "ok");
   }
+  // An event names only the clusters that changed: keep what is known of the others.
+  const known = state.rollouts.get(result.id);
+  if (known) result.clusters = { ...known.clusters, ...result.clusters };
   state.rollouts.delete(result.id);
   state.rollouts.set(result.id, result);
   while (state.rollouts.size > MAX_ROLLOUTS) state.rollouts.delete(state.rollouts.keys().next().value);
