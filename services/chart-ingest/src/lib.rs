@@ -74,7 +74,9 @@ impl ChartIngest {
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
                 Err(error) => {
-                    anyhow::bail!("the hub's chart stores are missing after 60 s (is selector-router running?): {error}")
+                    anyhow::bail!(
+                        "the hub's chart stores are missing after 60 s (is selector-router running?): {error}"
+                    )
                 }
             }
         }

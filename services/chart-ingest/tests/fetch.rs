@@ -71,14 +71,18 @@ struct Hub {
 
 async fn start_hub(testbed: &Testbed) -> anyhow::Result<Hub> {
     // The router sets up the hub; chart-ingest runs as its own role.
-    let router = optikon_runtime::connect_url(&testbed.role_url(HubRole::Router), "fetch-test").await?;
+    let router =
+        optikon_runtime::connect_url(&testbed.role_url(HubRole::Router), "fetch-test").await?;
     optikon_runtime::topology::ensure_hub(&jetstream::new(router)).await?;
-    let client = optikon_runtime::connect_url(&testbed.role_url(HubRole::ChartIngest), "fetch-test").await?;
+    let client =
+        optikon_runtime::connect_url(&testbed.role_url(HubRole::ChartIngest), "fetch-test").await?;
     let js = jetstream::new(client.clone());
     let ingest = Arc::new(ChartIngest::new(js.clone(), ChartLimits::default()).await?);
     // Desired state is the router's to write: the test writes it as the test bed's admin.
     let admin = optikon_runtime::connect_url(&testbed.admin_url(), "fetch-test").await?;
-    let desired = jetstream::new(admin.clone()).get_key_value(subject::DESIRED_BUCKET).await?;
+    let desired = jetstream::new(admin.clone())
+        .get_key_value(subject::DESIRED_BUCKET)
+        .await?;
     let shutdown = Shutdown::new();
     let service = tokio::spawn({
         let (ingest, client, shutdown) = (ingest.clone(), client.clone(), shutdown.clone());

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures::{Stream, StreamExt};
 use optikon_core::message::{
-    ApiError, ApiVersion, ChartIndexEntry, ClusterProgress, ClusterRecord, Heartbeat, ReleaseRequest, ReleaseStatus, Reply,
-    RequestStatus, decode,
+    ApiError, ApiVersion, ChartIndexEntry, ClusterProgress, ClusterRecord, Heartbeat,
+    ReleaseRequest, ReleaseStatus, Reply, RequestStatus, decode,
 };
 use optikon_core::{names, subject};
 
@@ -67,10 +67,9 @@ pub async fn request_clusters(
     request_id: &str,
 ) -> Result<BTreeMap<String, ClusterProgress>, ClientError> {
     let filter = format!("{}.*", subject::token(request_id));
-    let entries =
-        optikon_runtime::kv::latest_values(js, subject::REQUEST_CLUSTERS_BUCKET, &filter)
-            .await
-            .map_err(ClientError::Nats)?;
+    let entries = optikon_runtime::kv::latest_values(js, subject::REQUEST_CLUSTERS_BUCKET, &filter)
+        .await
+        .map_err(ClientError::Nats)?;
     let mut clusters = BTreeMap::new();
     for (key, value) in entries {
         if let Some((_, cluster)) = key.split_once('.') {
@@ -485,8 +484,14 @@ mod live_event_tests {
             Some(LiveEvent::Heartbeat(h)) if h.pods_total == 4
         ));
         // A heartbeat is taken only for the cluster whose entry it is written to.
-        assert_eq!(LiveEvent::from_message("$KV.heartbeats.c2", heartbeat), None);
-        assert_eq!(LiveEvent::from_message("optikon.status.c1.heartbeat", heartbeat), None);
+        assert_eq!(
+            LiveEvent::from_message("$KV.heartbeats.c2", heartbeat),
+            None
+        );
+        assert_eq!(
+            LiveEvent::from_message("optikon.status.c1.heartbeat", heartbeat),
+            None
+        );
         let status = br#"{"apiVersion":"optikon/v1","cluster":"c1","namespace":"default","release":"web","generation":1,"requestId":"r1","action":"install","state":"deployed","at":"2026-11-25T22:48:54Z"}"#;
         assert!(matches!(
             LiveEvent::from_message("optikon.status.c1.release.default.web", status),

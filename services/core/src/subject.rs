@@ -173,7 +173,9 @@ pub fn outbox_for(cluster: &str) -> String {
 
 /// The hub subject an outbox subject is forwarded to (`None`: not an outbox subject).
 pub fn status_from_outbox(outbox_subject: &str) -> Option<String> {
-    let rest = outbox_subject.strip_prefix(OUTBOX_PREFIX)?.strip_prefix('.')?;
+    let rest = outbox_subject
+        .strip_prefix(OUTBOX_PREFIX)?
+        .strip_prefix('.')?;
     Some(format!("{STATUS_PREFIX}.{rest}"))
 }
 

@@ -153,10 +153,15 @@ pub fn spawn_link(
     cluster: String,
     shutdown: Shutdown,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let down = tokio::spawn(link::downlink(nats.clone(), cluster.clone(), shutdown.clone()));
+    let down = tokio::spawn(link::downlink(
+        nats.clone(),
+        cluster.clone(),
+        shutdown.clone(),
+    ));
     let up = tokio::spawn(async move {
         while !shutdown.is_triggered() {
-            if let Err(error) = link::uplink(nats.clone(), cluster.clone(), shutdown.clone()).await {
+            if let Err(error) = link::uplink(nats.clone(), cluster.clone(), shutdown.clone()).await
+            {
                 tracing::warn!(%error, "uplink stopped; restarting");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}

@@ -78,7 +78,15 @@ pub async fn downlink(client: async_nats::Client, cluster: String, shutdown: Shu
         if shutdown.is_triggered() {
             return;
         }
-        let pull = pull_once(&client, &mut replies, &inbox, &local, &cluster, &request_subject, expires);
+        let pull = pull_once(
+            &client,
+            &mut replies,
+            &inbox,
+            &local,
+            &cluster,
+            &request_subject,
+            expires,
+        );
         let outcome = tokio::select! {
             outcome = pull => outcome,
             _ = shutdown.wait() => return,
@@ -92,7 +100,11 @@ pub async fn downlink(client: async_nats::Client, cluster: String, shutdown: Shu
             }
             link_up = Some(answered);
         }
-        expires = if answered { PULL_EXPIRES } else { PROBE_EXPIRES };
+        expires = if answered {
+            PULL_EXPIRES
+        } else {
+            PROBE_EXPIRES
+        };
         match outcome {
             Pull::Delivered | Pull::Expired => {}
             Pull::Unanswered => {}
@@ -161,9 +173,7 @@ async fn pull_once(
         if let Some(status) = message.status {
             return match status {
                 StatusCode::NO_RESPONDERS => Pull::NoRoute,
-                StatusCode::TIMEOUT | StatusCode::NOT_FOUND if delivered > 0 => {
-                    Pull::Delivered
-                }
+                StatusCode::TIMEOUT | StatusCode::NOT_FOUND if delivered > 0 => Pull::Delivered,
                 StatusCode::TIMEOUT | StatusCode::NOT_FOUND => Pull::Expired,
                 // Idle heartbeat: not asked for, but harmless.
                 StatusCode::IDLE_HEARTBEAT => continue,
@@ -291,7 +301,9 @@ pub async fn uplink(
         let up = failed == 0;
         if up != link_up {
             match forwarded.iter().find_map(|r| r.as_ref().err()) {
-                Some(error) => tracing::info!(cluster = %cluster, %error, "status waits at the edge for the hub"),
+                Some(error) => {
+                    tracing::info!(cluster = %cluster, %error, "status waits at the edge for the hub")
+                }
                 None => tracing::info!(cluster = %cluster, "status reaches the hub again"),
             }
             link_up = up;
@@ -314,7 +326,10 @@ async fn forward(
     let Some(target) = subject::status_from_outbox(&message.subject) else {
         return Ok(());
     };
-    let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
+    let sequence = message
+        .info()
+        .map(|i| i.stream_sequence)
+        .unwrap_or_default();
     let mut headers = HeaderMap::new();
     if let Some(received) = &message.headers {
         for name in ["traceparent", "tracestate"] {

@@ -29,9 +29,13 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     optikon_core::names::validate_cluster_name(&args.cluster)?;
     let labels = optikon_core::names::parse_labels(&args.labels)?;
-    let (nats, shutdown) =
-        optikon_runtime::start_edge_service(&args.nats, &args.telemetry, "health-prober", &args.cluster)
-            .await?;
+    let (nats, shutdown) = optikon_runtime::start_edge_service(
+        &args.nats,
+        &args.telemetry,
+        "health-prober",
+        &args.cluster,
+    )
+    .await?;
     let kube = kube::Client::try_default().await?;
     let config = ProberConfig {
         cluster: args.cluster,

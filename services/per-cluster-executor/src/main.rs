@@ -40,9 +40,13 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     optikon_core::names::validate_cluster_name(&args.cluster)?;
-    let (client, shutdown) =
-        optikon_runtime::start_edge_service(&args.nats, &args.telemetry, "per-cluster-executor", &args.cluster)
-            .await?;
+    let (client, shutdown) = optikon_runtime::start_edge_service(
+        &args.nats,
+        &args.telemetry,
+        "per-cluster-executor",
+        &args.cluster,
+    )
+    .await?;
     let config = ExecutorConfig {
         cluster: args.cluster,
         helm: args.helm,

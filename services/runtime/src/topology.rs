@@ -307,7 +307,10 @@ pub async fn ensure_edge_consumer(
         ..Default::default()
     };
     with_retries(&name, || async {
-        let stream = js.get_stream(subject::CMD_STREAM).await.map_err(|e| e.to_string())?;
+        let stream = js
+            .get_stream(subject::CMD_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
         stream
             .get_or_create_consumer(&name, config.clone())
             .await

@@ -248,12 +248,12 @@ async fn fold_into_request(
         })
         .collect();
     let changes: Vec<(String, ClusterProgress, (isize, isize))> = futures::stream::iter(work)
-    .buffer_unordered(CONCURRENCY)
-    .try_collect::<Vec<_>>()
-    .await?
-    .into_iter()
-    .flatten()
-    .collect();
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
     if changes.is_empty() {
         return Ok(());
     }
@@ -365,7 +365,10 @@ fn bounded_reason(reason: &str) -> String {
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}… (cut at {MAX_REASON_BYTES} bytes; the release's status has it all)", &reason[..end])
+    format!(
+        "{}… (cut at {MAX_REASON_BYTES} bytes; the release's status has it all)",
+        &reason[..end]
+    )
 }
 
 /// Every cluster's entry of a request.
@@ -374,9 +377,10 @@ pub async fn request_clusters(
     request_id: &str,
 ) -> Result<BTreeMap<String, ClusterProgress>, ApiError> {
     let filter = format!("{}.*", subject::token(request_id));
-    let entries = optikon_runtime::kv::latest_values(&hub.js, subject::REQUEST_CLUSTERS_BUCKET, &filter)
-        .await
-        .map_err(|e| internal("read a request's clusters", e))?;
+    let entries =
+        optikon_runtime::kv::latest_values(&hub.js, subject::REQUEST_CLUSTERS_BUCKET, &filter)
+            .await
+            .map_err(|e| internal("read a request's clusters", e))?;
     let mut clusters = BTreeMap::new();
     for (key, value) in entries {
         let Some((_, cluster)) = key.split_once('.') else {

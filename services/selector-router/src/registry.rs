@@ -138,9 +138,15 @@ mod tests {
     #[test]
     fn a_site_registers_only_under_its_own_subject() {
         let subject = subject::cluster_register("copenhagen-1");
-        assert_eq!(check(&subject, &body("copenhagen-1")).unwrap().name, "copenhagen-1");
+        assert_eq!(
+            check(&subject, &body("copenhagen-1")).unwrap().name,
+            "copenhagen-1"
+        );
         let err = check(&subject, &body("copenhagen-2")).unwrap_err();
-        assert!(err.message.contains("identity of cluster \"copenhagen-1\""), "{err}");
+        assert!(
+            err.message.contains("identity of cluster \"copenhagen-1\""),
+            "{err}"
+        );
         let err = check(subject::CLUSTER_REGISTER_PREFIX, &body("copenhagen-1")).unwrap_err();
         assert!(err.message.contains("names no cluster"), "{err}");
     }

@@ -112,10 +112,14 @@ async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiError>
     .buffered(CONCURRENCY)
     .try_collect()
     .await?;
-    futures::stream::iter(desired.iter().map(|d| create_cluster_entry(hub, &request.id, d)))
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<()>()
-        .await?;
+    futures::stream::iter(
+        desired
+            .iter()
+            .map(|d| create_cluster_entry(hub, &request.id, d)),
+    )
+    .buffer_unordered(CONCURRENCY)
+    .try_collect::<()>()
+    .await?;
     status.progress = Some(RequestProgress {
         targets: desired.len(),
         ..RequestProgress::default()

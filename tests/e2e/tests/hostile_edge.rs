@@ -56,12 +56,25 @@ impl Hub {
     }
 
     async fn stream_names(&self) -> anyhow::Result<Vec<String>> {
-        let names: Vec<String> = self.js.stream_names().collect::<Vec<_>>().await.into_iter().collect::<Result<_, _>>()?;
+        let names: Vec<String> = self
+            .js
+            .stream_names()
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
         Ok(names)
     }
 
     async fn messages_in(&self, stream: &str) -> anyhow::Result<u64> {
-        Ok(self.js.get_stream(stream).await?.info().await?.state.messages)
+        Ok(self
+            .js
+            .get_stream(stream)
+            .await?
+            .info()
+            .await?
+            .state
+            .messages)
     }
 
     async fn kv(&self, bucket: &str, key: &str) -> anyhow::Result<Option<Bytes>> {
@@ -69,7 +82,12 @@ impl Hub {
     }
 
     /// A command for `cluster` in the hub's `CMD`, as the router would store it.
-    async fn command(&self, cluster: &str, tag: &str, chart: Option<ChartPin>) -> anyhow::Result<()> {
+    async fn command(
+        &self,
+        cluster: &str,
+        tag: &str,
+        chart: Option<ChartPin>,
+    ) -> anyhow::Result<()> {
         let desired = DesiredRelease {
             api_version: ApiVersion,
             cluster: cluster.into(),
@@ -87,7 +105,10 @@ impl Hub {
         self.js
             .get_key_value(subject::DESIRED_BUCKET)
             .await?
-            .put(subject::release_key(cluster, "default", "web"), body.clone().into())
+            .put(
+                subject::release_key(cluster, "default", "web"),
+                body.clone().into(),
+            )
             .await?;
         self.js
             .publish(subject::command(cluster, "default", "web"), body.into())
@@ -132,20 +153,53 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
         ("STREAM.PURGE.CMD", "{}"),
         ("STREAM.PURGE.KV_requests", "{}"),
         ("STREAM.UPDATE.CMD", r#"{"name":"CMD","subjects":["x.>"]}"#),
-        ("STREAM.CREATE.EVIL", r#"{"name":"EVIL","subjects":["optikon.cmd.>"]}"#),
-        ("CONSUMER.CREATE.CMD", r#"{"stream_name":"CMD","config":{"filter_subject":"optikon.cmd.>"}}"#),
-        ("CONSUMER.CREATE.CMD.steal.optikon.cmd.copenhagen-2.>", r#"{"stream_name":"CMD","config":{"name":"steal"}}"#),
-        ("CONSUMER.DURABLE.CREATE.CMD.steal", r#"{"stream_name":"CMD","config":{"durable_name":"steal"}}"#),
+        (
+            "STREAM.CREATE.EVIL",
+            r#"{"name":"EVIL","subjects":["optikon.cmd.>"]}"#,
+        ),
+        (
+            "CONSUMER.CREATE.CMD",
+            r#"{"stream_name":"CMD","config":{"filter_subject":"optikon.cmd.>"}}"#,
+        ),
+        (
+            "CONSUMER.CREATE.CMD.steal.optikon.cmd.copenhagen-2.>",
+            r#"{"stream_name":"CMD","config":{"name":"steal"}}"#,
+        ),
+        (
+            "CONSUMER.DURABLE.CREATE.CMD.steal",
+            r#"{"stream_name":"CMD","config":{"durable_name":"steal"}}"#,
+        ),
         ("CONSUMER.INFO.CMD.edge-copenhagen-2", ""),
         ("CONSUMER.DELETE.CMD.edge-copenhagen-2", ""),
-        ("CONSUMER.MSG.NEXT.CMD.edge-copenhagen-2", r#"{"batch":1,"expires":1000000000}"#),
-        ("CONSUMER.MSG.NEXT.RELEASE_REQUESTS.selector-router", r#"{"batch":1}"#),
-        ("DIRECT.GET.KV_desired.$KV.desired.copenhagen-2.default.web", ""),
-        ("DIRECT.GET.KV_requests", r#"{"last_by_subj":"$KV.requests.x"}"#),
-        ("STREAM.MSG.GET.KV_clusters", r#"{"last_by_subj":"$KV.clusters.copenhagen-2"}"#),
+        (
+            "CONSUMER.MSG.NEXT.CMD.edge-copenhagen-2",
+            r#"{"batch":1,"expires":1000000000}"#,
+        ),
+        (
+            "CONSUMER.MSG.NEXT.RELEASE_REQUESTS.selector-router",
+            r#"{"batch":1}"#,
+        ),
+        (
+            "DIRECT.GET.KV_desired.$KV.desired.copenhagen-2.default.web",
+            "",
+        ),
+        (
+            "DIRECT.GET.KV_requests",
+            r#"{"last_by_subj":"$KV.requests.x"}"#,
+        ),
+        (
+            "STREAM.MSG.GET.KV_clusters",
+            r#"{"last_by_subj":"$KV.clusters.copenhagen-2"}"#,
+        ),
         ("STREAM.INFO.OBJ_charts", "{}"),
-        ("CONSUMER.CREATE.OBJ_charts", r#"{"stream_name":"OBJ_charts","config":{}}"#),
-        ("CONSUMER.CREATE.KV_desired", r#"{"stream_name":"KV_desired","config":{}}"#),
+        (
+            "CONSUMER.CREATE.OBJ_charts",
+            r#"{"stream_name":"OBJ_charts","config":{}}"#,
+        ),
+        (
+            "CONSUMER.CREATE.KV_desired",
+            r#"{"stream_name":"KV_desired","config":{}}"#,
+        ),
     ] {
         refused(thief, &api(what), body)
             .await
@@ -161,7 +215,10 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
         .await?
         .consumer_info(subject::edge_consumer(VICTIM))
         .await;
-    ensure!(consumer.is_ok(), "{from}: the victim's command consumer is gone");
+    ensure!(
+        consumer.is_ok(),
+        "{from}: the victim's command consumer is gone"
+    );
 
     // Write other sites' KV entries, and the hub's own buckets.
     let key = subject::release_key(VICTIM, "default", "web");
@@ -169,13 +226,28 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
     for (subject, body) in [
         (format!("$KV.desired.{key}"), "{}"),
         ("$KV.requests.forged".to_owned(), "{}"),
-        (format!("$KV.clusters.{VICTIM}"), r#"{"labels":{"owned":"yes"}}"#),
+        (
+            format!("$KV.clusters.{VICTIM}"),
+            r#"{"labels":{"owned":"yes"}}"#,
+        ),
         (format!("$KV.releases.{key}"), "{}"),
-        (format!("$KV.heartbeats.{VICTIM}"), r#"{"cluster":"copenhagen-2"}"#),
-        (subject::heartbeat_put(VICTIM), r#"{"cluster":"copenhagen-2"}"#),
-        ("optikon.release.request".to_owned(), r#"{"apiVersion":"optikon/v1","id":"evil","action":"uninstall","release":"web","namespace":"default","selector":""}"#),
+        (
+            format!("$KV.heartbeats.{VICTIM}"),
+            r#"{"cluster":"copenhagen-2"}"#,
+        ),
+        (
+            subject::heartbeat_put(VICTIM),
+            r#"{"cluster":"copenhagen-2"}"#,
+        ),
+        (
+            "optikon.release.request".to_owned(),
+            r#"{"apiVersion":"optikon/v1","id":"evil","action":"uninstall","release":"web","namespace":"default","selector":""}"#,
+        ),
         (subject::command(VICTIM, "default", "web"), "{}"),
-        (subject::release_status(VICTIM, "default", "web"), r#"{"forged":true}"#),
+        (
+            subject::release_status(VICTIM, "default", "web"),
+            r#"{"forged":true}"#,
+        ),
     ] {
         refused(thief, &subject, body)
             .await
@@ -187,30 +259,57 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
         hub.kv(subject::DESIRED_BUCKET, &key).await? == desired_before,
         "{from}: the victim's desired state changed"
     );
-    ensure!(hub.kv(subject::REQUESTS_BUCKET, "forged").await?.is_none(), "{from}: a forged request record was stored");
-    ensure!(hub.kv(subject::REQUESTS_BUCKET, "evil").await?.is_none(), "{from}: a release request was accepted");
-    ensure!(hub.kv(subject::RELEASES_BUCKET, &key).await?.is_none(), "{from}: a forged release record was stored");
-    ensure!(hub.kv(subject::HEARTBEATS_BUCKET, VICTIM).await?.is_none(), "{from}: a heartbeat was forged for {VICTIM}");
+    ensure!(
+        hub.kv(subject::REQUESTS_BUCKET, "forged").await?.is_none(),
+        "{from}: a forged request record was stored"
+    );
+    ensure!(
+        hub.kv(subject::REQUESTS_BUCKET, "evil").await?.is_none(),
+        "{from}: a release request was accepted"
+    );
+    ensure!(
+        hub.kv(subject::RELEASES_BUCKET, &key).await?.is_none(),
+        "{from}: a forged release record was stored"
+    );
+    ensure!(
+        hub.kv(subject::HEARTBEATS_BUCKET, VICTIM).await?.is_none(),
+        "{from}: a heartbeat was forged for {VICTIM}"
+    );
     let victim_record = hub.kv(subject::CLUSTERS_BUCKET, VICTIM).await?;
     ensure!(
-        victim_record.as_ref().is_none_or(|r| !String::from_utf8_lossy(r).contains("owned")),
+        victim_record
+            .as_ref()
+            .is_none_or(|r| !String::from_utf8_lossy(r).contains("owned")),
         "{from}: the victim's registry record changed"
     );
-    ensure!(hub.messages_in(subject::RELEASE_REQUESTS_STREAM).await? == 0, "{from}: a release request was stored");
+    ensure!(
+        hub.messages_in(subject::RELEASE_REQUESTS_STREAM).await? == 0,
+        "{from}: a release request was stored"
+    );
     let forged_status = hub
         .js
         .get_stream(subject::STATUS_HUB_STREAM)
         .await?
         .get_last_raw_message_by_subject(&subject::release_status(VICTIM, "default", "web"))
         .await;
-    ensure!(forged_status.is_err(), "{from}: a status was stored for {VICTIM}");
+    ensure!(
+        forged_status.is_err(),
+        "{from}: a status was stored for {VICTIM}"
+    );
 
     // Register as another site, or as another site over its own subject.
-    refused(thief, &subject::cluster_register(VICTIM), &registration(VICTIM))
-        .await
-        .with_context(|| format!("{from}: register as {VICTIM}"))?;
+    refused(
+        thief,
+        &subject::cluster_register(VICTIM),
+        &registration(VICTIM),
+    )
+    .await
+    .with_context(|| format!("{from}: register as {VICTIM}"))?;
     let reply = thief
-        .request(subject::cluster_register(THIEF), registration(VICTIM).into())
+        .request(
+            subject::cluster_register(THIEF),
+            registration(VICTIM).into(),
+        )
         .await
         .context("registration on its own subject is answered")?;
     let text = String::from_utf8_lossy(&reply.payload);
@@ -231,7 +330,9 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
         format!("$KV.desired.{key}"),
         "optikon.api.chart.push".to_owned(),
     ] {
-        hub.client.publish(subject, "for someone else".into()).await?;
+        hub.client
+            .publish(subject, "for someone else".into())
+            .await?;
     }
     hub.client.flush().await?;
     let heard = tokio::time::timeout(Duration::from_secs(2), async {
@@ -256,18 +357,31 @@ fn registration(name: &str) -> String {
 
 /// Acknowledging another consumer's messages: the hub hands the victim a command (as a pull
 /// of its own would), the thief acks it with the very ack subject, and it stays unacked.
-async fn foreign_acks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyhow::Result<()> {
+async fn foreign_acks_fail(
+    hub: &Hub,
+    thief: &async_nats::Client,
+    from: &str,
+) -> anyhow::Result<()> {
     let stream = hub.js.get_stream(subject::CMD_STREAM).await?;
-    let mut consumer: jetstream::consumer::PullConsumer =
-        stream.get_consumer(&subject::edge_consumer(VICTIM)).await.map_err(|e| anyhow::anyhow!(e))?;
-    let mut batch = consumer.fetch().max_messages(1).expires(Duration::from_secs(2)).messages().await?;
+    let mut consumer: jetstream::consumer::PullConsumer = stream
+        .get_consumer(&subject::edge_consumer(VICTIM))
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await?;
     let delivered = batch
         .next()
         .await
         .context("the victim's command is pending")?
         .map_err(|e| anyhow::anyhow!(e))?;
     let ack_subject = delivered.reply.clone().context("an ack subject")?;
-    thief.publish(ack_subject.to_string(), "+ACK".into()).await?;
+    thief
+        .publish(ack_subject.to_string(), "+ACK".into())
+        .await?;
     thief.flush().await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let info = consumer.info().await?;
@@ -277,7 +391,10 @@ async fn foreign_acks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) ->
         info.num_ack_pending
     );
     // Put it back for the next round.
-    delivered.ack_with(jetstream::AckKind::Nak(None)).await.map_err(|e| anyhow::anyhow!(e))?;
+    delivered
+        .ack_with(jetstream::AckKind::Nak(None))
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
     Ok(())
 }
 
@@ -303,10 +420,22 @@ async fn legitimate_path_works(
         .await
         .context("its own command arrives")?
         .context("reply subscription")?;
-    ensure!(message.status.is_none(), "{from}: pulling its own command: {:?}", message.status);
+    ensure!(
+        message.status.is_none(),
+        "{from}: pulling its own command: {:?}",
+        message.status
+    );
     let desired: DesiredRelease = serde_json::from_slice(&message.payload)?;
-    ensure!(desired.cluster == THIEF, "{from}: got a command for {}", desired.cluster);
-    site.publish(message.reply.context("ack subject")?.to_string(), "+ACK".into()).await?;
+    ensure!(
+        desired.cluster == THIEF,
+        "{from}: got a command for {}",
+        desired.cluster
+    );
+    site.publish(
+        message.reply.context("ack subject")?.to_string(),
+        "+ACK".into(),
+    )
+    .await?;
 
     // Its status and heartbeat reach the hub.
     let status_subject = subject::release_status(THIEF, "default", "legit");
@@ -314,14 +443,27 @@ async fn legitimate_path_works(
         .publish(status_subject.clone(), format!("status from {from}").into())
         .await?
         .await?;
-    ensure!(ack.stream == subject::STATUS_HUB_STREAM, "{from}: status stored in {}", ack.stream);
-    site.publish(subject::heartbeat_put(THIEF), format!(r#"{{"from":"{from}"}}"#).into())
-        .await?;
+    ensure!(
+        ack.stream == subject::STATUS_HUB_STREAM,
+        "{from}: status stored in {}",
+        ack.stream
+    );
+    site.publish(
+        subject::heartbeat_put(THIEF),
+        format!(r#"{{"from":"{from}"}}"#).into(),
+    )
+    .await?;
     site.flush().await?;
-    optikon_e2e::eventually("its heartbeat at the hub", Duration::from_secs(5), || async {
-        let value = hub.kv(subject::HEARTBEATS_BUCKET, THIEF).await?;
-        Ok(value.filter(|v| String::from_utf8_lossy(v).contains(from)).map(|_| ()))
-    })
+    optikon_e2e::eventually(
+        "its heartbeat at the hub",
+        Duration::from_secs(5),
+        || async {
+            let value = hub.kv(subject::HEARTBEATS_BUCKET, THIEF).await?;
+            Ok(value
+                .filter(|v| String::from_utf8_lossy(v).contains(from))
+                .map(|_| ()))
+        },
+    )
     .await?;
 
     // Its registration is answered.
@@ -338,16 +480,23 @@ async fn legitimate_path_works(
     let operator = optikon_client::Client::new(connect(&testbed.hub_url(), None).await?);
     let named = operator.push_chart(&test_chart("named")?, false).await?;
     let other = operator.push_chart(&test_chart("other")?, false).await?;
-    hub.command(THIEF, &format!("chart-{from}"), Some(named.pin())).await?;
-    let bytes = chart_fetch::fetch_chart(site, THIEF, &named.digest, Duration::from_secs(10)).await?;
-    ensure!(optikon_core::chart::digest(&bytes) == named.digest, "{from}: the named chart");
-    let refused_fetch = chart_fetch::fetch_chart(site, THIEF, &other.digest, Duration::from_secs(10)).await;
+    hub.command(THIEF, &format!("chart-{from}"), Some(named.pin()))
+        .await?;
+    let bytes =
+        chart_fetch::fetch_chart(site, THIEF, &named.digest, Duration::from_secs(10)).await?;
+    ensure!(
+        optikon_core::chart::digest(&bytes) == named.digest,
+        "{from}: the named chart"
+    );
+    let refused_fetch =
+        chart_fetch::fetch_chart(site, THIEF, &other.digest, Duration::from_secs(10)).await;
     ensure!(
         matches!(refused_fetch, Err(chart_fetch::ChartFetchError::Refused(_))),
         "{from}: a chart its desired state does not name was not refused: {refused_fetch:?}"
     );
     // Asking in the victim's name goes nowhere.
-    hub.command(VICTIM, "victim-chart", Some(other.pin())).await?;
+    hub.command(VICTIM, "victim-chart", Some(other.pin()))
+        .await?;
     let as_victim = chart_fetch::fetch_chart(site, VICTIM, &other.digest, REFUSED_WITHIN).await;
     ensure!(
         matches!(as_victim, Err(chart_fetch::ChartFetchError::Unreachable(_))),
@@ -360,8 +509,14 @@ async fn legitimate_path_works(
 fn test_chart(name: &str) -> anyhow::Result<Vec<u8>> {
     let chart_yaml = format!("apiVersion: v2\nname: {name}\nversion: 0.1.0\n");
     let template = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\n";
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
-    for (path, text) in [("Chart.yaml", chart_yaml.as_str()), ("templates/cm.yaml", template)] {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (path, text) in [
+        ("Chart.yaml", chart_yaml.as_str()),
+        ("templates/cm.yaml", template),
+    ] {
         let mut header = tar::Header::new_gnu();
         header.set_size(text.len() as u64);
         header.set_mode(0o644);
@@ -385,7 +540,10 @@ async fn a_stolen_edge_reaches_only_its_own_data() -> anyhow::Result<()> {
         let reply = client
             .request(subject::cluster_register(site), registration(site).into())
             .await?;
-        ensure!(String::from_utf8_lossy(&reply.payload).contains("\"ok\""), "register {site}");
+        ensure!(
+            String::from_utf8_lossy(&reply.payload).contains("\"ok\""),
+            "register {site}"
+        );
     }
     hub.command(VICTIM, "victim-secret", None).await?;
 
@@ -394,7 +552,10 @@ async fn a_stolen_edge_reaches_only_its_own_data() -> anyhow::Result<()> {
     let direct = async_nats::ConnectOptions::with_nkey(seed)
         .connect(testbed.hub_address())
         .await;
-    ensure!(direct.is_err(), "the site's NKey opened a client connection to the hub");
+    ensure!(
+        direct.is_err(),
+        "the site's NKey opened a client connection to the hub"
+    );
 
     // 1. A client of the site's own leaf server.
     let edge = connect(
@@ -414,9 +575,13 @@ async fn a_stolen_edge_reaches_only_its_own_data() -> anyhow::Result<()> {
     foreign_acks_fail(&hub, &rogue, "a rogue leaf with the site's NKey").await?;
     // The rogue's default inbox prefix hears nothing from the hub either.
     let plain = connect(&rogue_url, None).await?;
-    refused(&plain, &subject::cluster_register(THIEF), &registration(THIEF))
-        .await
-        .context("a reply to another inbox prefix crossed the link")?;
+    refused(
+        &plain,
+        &subject::cluster_register(THIEF),
+        &registration(THIEF),
+    )
+    .await
+    .context("a reply to another inbox prefix crossed the link")?;
     legitimate_path_works(&testbed, &hub, &rogue, "rogue-leaf").await?;
     Ok(())
 }
@@ -428,7 +593,12 @@ async fn each_hub_role_stays_within_its_role() -> anyhow::Result<()> {
     let key = subject::release_key(VICTIM, "default", "web");
     let command_subject = subject::command(VICTIM, "default", "web");
 
-    for role in [HubRole::Gateway, HubRole::Operator, HubRole::ChartIngest, HubRole::Router] {
+    for role in [
+        HubRole::Gateway,
+        HubRole::Operator,
+        HubRole::ChartIngest,
+        HubRole::Router,
+    ] {
         let client = connect(&testbed.role_url(role), None).await?;
         let who = role.user();
         // Nobody but the router sends commands or writes desired state; nobody deletes or
@@ -442,18 +612,36 @@ async fn each_hub_role_stays_within_its_role() -> anyhow::Result<()> {
             forbidden.push((command_subject.clone(), "{}"));
             forbidden.push((format!("$KV.desired.{key}"), "{}"));
             forbidden.push((format!("$KV.requests.{who}"), "{}"));
-            forbidden.push(("$JS.API.STREAM.CREATE.EVIL".to_owned(), r#"{"name":"EVIL","subjects":["evil.>"]}"#));
-            forbidden.push(("$JS.API.STREAM.UPDATE.CMD".to_owned(), r#"{"name":"CMD","subjects":["x.>"]}"#));
+            forbidden.push((
+                "$JS.API.STREAM.CREATE.EVIL".to_owned(),
+                r#"{"name":"EVIL","subjects":["evil.>"]}"#,
+            ));
+            forbidden.push((
+                "$JS.API.STREAM.UPDATE.CMD".to_owned(),
+                r#"{"name":"CMD","subjects":["x.>"]}"#,
+            ));
         }
         if matches!(role, HubRole::Gateway | HubRole::Operator) {
             forbidden.push((
                 "$JS.API.CONSUMER.CREATE.RELEASE_REQUESTS.selector-router".to_owned(),
                 r#"{"stream_name":"RELEASE_REQUESTS","config":{"durable_name":"selector-router","ack_policy":"none"}}"#,
             ));
-            forbidden.push(("$JS.API.CONSUMER.MSG.NEXT.CMD.edge-copenhagen-2".to_owned(), r#"{"batch":1}"#));
-            forbidden.push(("$JS.API.CONSUMER.DELETE.RELEASE_REQUESTS.selector-router".to_owned(), ""));
-            forbidden.push(("$JS.API.CONSUMER.DELETE.STATUS_HUB.status-fold".to_owned(), ""));
-            forbidden.push(("$JS.API.CONSUMER.DELETE.CMD.edge-copenhagen-2".to_owned(), ""));
+            forbidden.push((
+                "$JS.API.CONSUMER.MSG.NEXT.CMD.edge-copenhagen-2".to_owned(),
+                r#"{"batch":1}"#,
+            ));
+            forbidden.push((
+                "$JS.API.CONSUMER.DELETE.RELEASE_REQUESTS.selector-router".to_owned(),
+                "",
+            ));
+            forbidden.push((
+                "$JS.API.CONSUMER.DELETE.STATUS_HUB.status-fold".to_owned(),
+                "",
+            ));
+            forbidden.push((
+                "$JS.API.CONSUMER.DELETE.CMD.edge-copenhagen-2".to_owned(),
+                "",
+            ));
             forbidden.push((
                 "$JS.API.CONSUMER.MSG.NEXT.RELEASE_REQUESTS.selector-router".to_owned(),
                 r#"{"batch":1}"#,
@@ -465,17 +653,35 @@ async fn each_hub_role_stays_within_its_role() -> anyhow::Result<()> {
                 .with_context(|| format!("{who}: {subject}"))?;
         }
         client.flush().await?;
-        ensure!(hub.kv(subject::DESIRED_BUCKET, &key).await?.is_none(), "{who} wrote desired state");
-        ensure!(hub.kv(subject::HEARTBEATS_BUCKET, VICTIM).await?.is_none(), "{who} wrote a heartbeat");
-        ensure!(hub.messages_in(subject::CMD_STREAM).await? == 0, "{who} stored a command");
-        ensure!(hub.stream_names().await?.iter().all(|n| n != "EVIL"), "{who} created a stream");
+        ensure!(
+            hub.kv(subject::DESIRED_BUCKET, &key).await?.is_none(),
+            "{who} wrote desired state"
+        );
+        ensure!(
+            hub.kv(subject::HEARTBEATS_BUCKET, VICTIM).await?.is_none(),
+            "{who} wrote a heartbeat"
+        );
+        ensure!(
+            hub.messages_in(subject::CMD_STREAM).await? == 0,
+            "{who} stored a command"
+        );
+        ensure!(
+            hub.stream_names().await?.iter().all(|n| n != "EVIL"),
+            "{who} created a stream"
+        );
     }
 
     // And what each role is for still works.
     let operator = optikon_client::Client::new(connect(&testbed.hub_url(), None).await?);
-    ensure!(operator.clusters().await?.is_empty(), "no site registered in this test");
+    ensure!(
+        operator.clusters().await?.is_empty(),
+        "no site registered in this test"
+    );
     let entry = operator.push_chart(&test_chart("roles")?, false).await?;
-    ensure!(entry.name == "roles", "the operator pushes a chart through chart-ingest");
+    ensure!(
+        entry.name == "roles",
+        "the operator pushes a chart through chart-ingest"
+    );
     let gateway = connect(&testbed.role_url(HubRole::Gateway), None).await?;
     let ack = jetstream::new(gateway)
         .publish(
@@ -488,10 +694,20 @@ async fn each_hub_role_stays_within_its_role() -> anyhow::Result<()> {
         )
         .await?
         .await?;
-    ensure!(ack.stream == subject::RELEASE_REQUESTS_STREAM, "the gateway publishes a request");
-    optikon_e2e::eventually("the router records the request", Duration::from_secs(20), || async {
-        Ok(hub.kv(subject::REQUESTS_BUCKET, "roles-1").await?.map(|_| ()))
-    })
+    ensure!(
+        ack.stream == subject::RELEASE_REQUESTS_STREAM,
+        "the gateway publishes a request"
+    );
+    optikon_e2e::eventually(
+        "the router records the request",
+        Duration::from_secs(20),
+        || async {
+            Ok(hub
+                .kv(subject::REQUESTS_BUCKET, "roles-1")
+                .await?
+                .map(|_| ()))
+        },
+    )
     .await?;
     Ok(())
 }

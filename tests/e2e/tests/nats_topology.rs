@@ -126,7 +126,10 @@ async fn commands_reach_only_their_edge_and_status_comes_back() -> anyhow::Resul
 
     let ack = sites
         .hub_js
-        .publish(subject::command(c1, "default", "web"), command(c1, "web", "cmd-for-1"))
+        .publish(
+            subject::command(c1, "default", "web"),
+            command(c1, "web", "cmd-for-1"),
+        )
         .await?
         .await?;
     assert_eq!(ack.stream, subject::CMD_STREAM);
@@ -157,10 +160,14 @@ async fn commands_reach_only_their_edge_and_status_comes_back() -> anyhow::Resul
         )
         .await?
         .await?;
-    eventually("status in the hub's STATUS_HUB", Duration::from_secs(20), || async {
-        let got = stream_payloads(&sites.hub_js, subject::STATUS_HUB_STREAM).await?;
-        Ok((got == ["status-from-1"]).then_some(()))
-    })
+    eventually(
+        "status in the hub's STATUS_HUB",
+        Duration::from_secs(20),
+        || async {
+            let got = stream_payloads(&sites.hub_js, subject::STATUS_HUB_STREAM).await?;
+            Ok((got == ["status-from-1"]).then_some(()))
+        },
+    )
     .await?;
     Ok(())
 }
@@ -185,7 +192,10 @@ async fn an_edge_cannot_see_or_speak_for_another_edge() -> anyhow::Result<()> {
 
     sites
         .hub_js
-        .publish(subject::command(c1, "default", "web"), command(c1, "web", "hello"))
+        .publish(
+            subject::command(c1, "default", "web"),
+            command(c1, "web", "hello"),
+        )
         .await?
         .await?;
     edge2
@@ -206,10 +216,14 @@ async fn an_edge_cannot_see_or_speak_for_another_edge() -> anyhow::Result<()> {
 
     use futures::StreamExt;
     let own = &sites.edges[c1].1;
-    eventually("the command in copenhagen-1's CMD_LOCAL", Duration::from_secs(20), || async {
-        let got = command_tags(own, &subject::cmd_local_stream(c1)).await?;
-        Ok((got == ["hello"]).then_some(()))
-    })
+    eventually(
+        "the command in copenhagen-1's CMD_LOCAL",
+        Duration::from_secs(20),
+        || async {
+            let got = command_tags(own, &subject::cmd_local_stream(c1)).await?;
+            Ok((got == ["hello"]).then_some(()))
+        },
+    )
     .await?;
     let status = tokio::time::timeout(Duration::from_secs(5), hub_status.next()).await?;
     assert_eq!(

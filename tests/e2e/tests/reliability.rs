@@ -702,9 +702,8 @@ async fn drift_on_a_cut_off_edge_is_corrected_and_reported() -> anyhow::Result<(
             "drift reports reach the hub",
             Duration::from_secs(30),
             || async {
-                let at_hub = during_cut(
-                    stream_messages(&js, subject::STATUS_HUB_STREAM, &subject).await?,
-                );
+                let at_hub =
+                    during_cut(stream_messages(&js, subject::STATUS_HUB_STREAM, &subject).await?);
                 Ok((at_hub.len() >= made).then_some(at_hub))
             },
         )
@@ -1934,7 +1933,6 @@ async fn stream_messages(
     }
     Ok(bodies)
 }
-
 
 /// A site's health and last-seen time as `optikon clusters` shows them now.
 fn hub_health(testbed: &Testbed, site: &str) -> anyhow::Result<(Health, Option<Timestamp>)> {

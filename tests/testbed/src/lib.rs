@@ -356,7 +356,10 @@ impl Testbed {
         format!(
             "nats://{}:{}@127.0.0.1:{}",
             role.user(),
-            self.roles.get(&role).map(String::as_str).unwrap_or_default(),
+            self.roles
+                .get(&role)
+                .map(String::as_str)
+                .unwrap_or_default(),
             self.hub.port
         )
     }
@@ -436,7 +439,9 @@ impl Testbed {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.hub.connected_leafs()?.iter().any(|l| l == name) {
             if Instant::now() > deadline {
-                return Err(Error::Timeout(format!("leaf {name} did not connect to the hub")));
+                return Err(Error::Timeout(format!(
+                    "leaf {name} did not connect to the hub"
+                )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

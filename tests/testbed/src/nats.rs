@@ -98,7 +98,10 @@ pub fn hub_config(
     };
     let mut client_users = String::new();
     for role in [HubRole::Gateway, HubRole::Operator] {
-        let values = BTreeMap::from([("user", role.user().to_owned()), ("password", password(role)?)]);
+        let values = BTreeMap::from([
+            ("user", role.user().to_owned()),
+            ("password", password(role)?),
+        ]);
         client_users.push_str(&render(CLIENT_USER_TEMPLATE, &values)?);
     }
     let role_values = BTreeMap::from([
@@ -283,7 +286,10 @@ mod tests {
         assert!(conf.contains("\"optikon.status.copenhagen-2.release.>\""));
         assert!(conf.contains("\"_INBOX_copenhagen-1.>\""));
         assert!(conf.contains(&edges[0].identity.public_key));
-        assert!(!conf.contains(&edges[0].identity.seed), "the hub never holds a seed");
+        assert!(
+            !conf.contains(&edges[0].identity.seed),
+            "the hub never holds a seed"
+        );
         // No edge may use the JetStream API beyond pulling, nor every cluster's subjects.
         assert!(!conf.contains("\"$JS.hub.API.>\""));
         // Only the four hub roles that need it hear the shared inbox prefix.
