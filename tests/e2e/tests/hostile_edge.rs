@@ -140,6 +140,12 @@ async fn refused(client: &async_nats::Client, subject: &str, body: &str) -> anyh
 async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyhow::Result<()> {
     let api = |rest: &str| format!("$JS.hub.API.{rest}");
     let streams_before = hub.stream_names().await?;
+    // The same request is answered for a client the hub trusts, so an unanswered one below
+    // is a refusal, not a hub that answers nobody.
+    hub.client
+        .request(api("STREAM.INFO.CMD"), Bytes::from_static(b"{}"))
+        .await
+        .context("the hub answers its own client's STREAM.INFO")?;
 
     // Manage or read streams and consumers at the hub.
     for (what, body) in [
