@@ -10,6 +10,7 @@
 //!
 //! Replicas share the work through durable consumers and queue groups.
 
+pub mod desired_view;
 pub mod fold;
 pub mod registry;
 pub mod request;
@@ -37,16 +38,20 @@ pub struct Hub {
     pub chart_index: kv::Store,
     /// Every cluster record, followed live (see [`view`]).
     pub cluster_view: view::ClusterView,
+    /// Every `desired` entry, followed live (see [`desired_view`]).
+    pub desired_view: desired_view::DesiredView,
 }
 
 impl Hub {
     pub async fn open(js: jetstream::Context) -> anyhow::Result<Self> {
         topology::ensure_hub(&js).await?;
         let clusters = js.get_key_value(subject::CLUSTERS_BUCKET).await?;
+        let desired = js.get_key_value(subject::DESIRED_BUCKET).await?;
         Ok(Hub {
             cluster_view: view::ClusterView::follow(js.clone(), clusters.clone()),
+            desired_view: desired_view::DesiredView::follow(desired.clone()),
             clusters,
-            desired: js.get_key_value(subject::DESIRED_BUCKET).await?,
+            desired,
             releases: js.get_key_value(subject::RELEASES_BUCKET).await?,
             requests: js.get_key_value(subject::REQUESTS_BUCKET).await?,
             request_clusters: js.get_key_value(subject::REQUEST_CLUSTERS_BUCKET).await?,

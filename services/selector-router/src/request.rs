@@ -263,8 +263,20 @@ async fn set_desired(
     chart: Option<ChartPin>,
 ) -> Result<DesiredRelease, ApiError> {
     let key = subject::release_key(&cluster.name, &request.namespace, &request.release);
-    for _ in 0..20 {
-        let current = read::<DesiredRelease>(&hub.desired, &key).await?;
+    for attempt in 0..20 {
+        // First try against the router's live copy; after a conflict, or to confirm a
+        // repeat of this very request, read the hub's entry (the copy may lag behind).
+        let cached = (attempt == 0).then(|| hub.desired_view.get(&key));
+        let current = match cached {
+            Some(cached)
+                if cached
+                    .as_ref()
+                    .is_none_or(|(d, _)| d.request_id != request.id) =>
+            {
+                cached
+            }
+            _ => read::<DesiredRelease>(&hub.desired, &key).await?,
+        };
         if let Some((existing, _)) = &current
             && existing.request_id == request.id
         {
