@@ -8,10 +8,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures::StreamExt;
 use optikon_core::message::DesiredRelease;
 
 #[derive(Clone, Default)]
@@ -54,31 +52,12 @@ impl DesiredView {
 }
 
 async fn follow(bucket: kv::Store, view: DesiredView) {
-    loop {
-        let mut entries = match bucket.watch_with_history(">").await {
-            Ok(entries) => entries,
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch desired state; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        while let Some(entry) = entries.next().await {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(error) => {
-                    tracing::warn!(%error, "desired state watch interrupted");
-                    break;
-                }
-            };
-            match entry.operation {
-                kv::Operation::Put => match serde_json::from_slice(&entry.value) {
-                    Ok(desired) => view.apply(&entry.key, Some((desired, entry.revision))),
-                    Err(_) => view.apply(&entry.key, None),
-                },
-                kv::Operation::Delete | kv::Operation::Purge => view.apply(&entry.key, None),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::view::follow_bucket(bucket, "desired state", |entry| match entry.operation {
+        kv::Operation::Put => match serde_json::from_slice(&entry.value) {
+            Ok(desired) => view.apply(&entry.key, Some((desired, entry.revision))),
+            Err(_) => view.apply(&entry.key, None),
+        },
+        kv::Operation::Delete | kv::Operation::Purge => view.apply(&entry.key, None),
+    })
+    .await
 }

@@ -144,55 +144,57 @@ impl ClusterView {
     }
 }
 
-/// Applies every change of the bucket to `records`, re-watching from scratch when the watch
-/// ends (a reconnect): the newest value of every key comes first, then each change.
-async fn follow(bucket: kv::Store, registry: Arc<RwLock<Registry>>, seen: watch::Sender<u64>) {
+/// Hands every change of `bucket` to `apply`, re-watching from scratch when the watch ends
+/// (a reconnect): the newest value of every key comes first, then each change. Runs
+/// forever; `what` names the bucket in logs.
+pub(crate) async fn follow_bucket(bucket: kv::Store, what: &str, mut apply: impl FnMut(kv::Entry)) {
     loop {
         let mut entries = match bucket.watch_with_history(">").await {
             Ok(entries) => entries,
             Err(error) => {
-                tracing::warn!(%error, "cannot watch the cluster registry; retrying");
+                tracing::warn!(%error, what, "cannot watch the bucket; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
         while let Some(entry) = entries.next().await {
-            let entry = match entry {
-                Ok(entry) => entry,
+            match entry {
+                Ok(entry) => apply(entry),
                 Err(error) => {
-                    tracing::warn!(%error, "cluster registry watch interrupted");
+                    tracing::warn!(%error, what, "bucket watch interrupted");
                     break;
                 }
-            };
-            {
-                let mut records = registry.write().expect("cluster view lock");
-                match entry.operation {
-                    kv::Operation::Put => {
-                        match serde_json::from_slice::<ClusterRecord>(&entry.value) {
-                            Ok(record) => {
-                                records.insert(entry.key.clone(), record);
-                            }
-                            Err(error) => {
-                                tracing::warn!(key = %entry.key, %error, "unreadable cluster record ignored");
-                                records.remove(&entry.key);
-                            }
-                        }
-                    }
-                    kv::Operation::Delete | kv::Operation::Purge => {
-                        records.remove(&entry.key);
-                    }
-                }
             }
-            seen.send_if_modified(|applied| {
-                let newer = entry.revision > *applied;
-                if newer {
-                    *applied = entry.revision;
-                }
-                newer
-            });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Applies every change of the registry to `registry` and says how far it got in `seen`.
+async fn follow(bucket: kv::Store, registry: Arc<RwLock<Registry>>, seen: watch::Sender<u64>) {
+    follow_bucket(bucket, "cluster registry", |entry| {
+        {
+            let mut records = registry.write().expect("cluster view lock");
+            match entry.operation {
+                kv::Operation::Put => match serde_json::from_slice::<ClusterRecord>(&entry.value) {
+                    Ok(record) => records.insert(entry.key.clone(), record),
+                    Err(error) => {
+                        tracing::warn!(key = %entry.key, %error, "unreadable cluster record ignored");
+                        records.remove(&entry.key);
+                    }
+                },
+                kv::Operation::Delete | kv::Operation::Purge => records.remove(&entry.key),
+            }
+        }
+        seen.send_if_modified(|applied| {
+            let newer = entry.revision > *applied;
+            if newer {
+                *applied = entry.revision;
+            }
+            newer
+        });
+    })
+    .await
 }
 
 #[cfg(test)]
