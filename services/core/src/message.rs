@@ -219,7 +219,8 @@ pub struct ChartPin {
 }
 
 /// The desired state of one release on one cluster. Written by the router into the `desired`
-/// KV bucket and sent to the edge as a command on `optikon.cmd.<cluster>.<namespace>.<release>`.
+/// KV bucket and sent to the edge as a command on `optikon.cmd.<cluster>` (at the edge stored under
+/// `optikon.cmd.<cluster>.<namespace>.<release>`).
 ///
 /// `generation` grows by one with each change for this cluster/namespace/release; the edge
 /// applies a generation at most once, and a newer one supersedes an older one not yet applied.

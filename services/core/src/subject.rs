@@ -25,10 +25,14 @@ pub const CHART_FETCH_PREFIX: &str = "optikon.api.chart.fetch";
 pub const HEADER_UPLOAD: &str = "Optikon-Upload";
 /// Header on a chart push: replace a stored chart of the same name and version.
 pub const HEADER_FORCE: &str = "Optikon-Force";
+/// Header on a registration from a site that may have been away (its prober just started,
+/// or its link just came back): the hub checks whether commands for it were dropped.
+pub const HEADER_RETURNING: &str = "Optikon-Returning";
 
-/// Hub → edge commands: `optikon.cmd.<cluster>.<namespace>.<release>`. Stored at the hub in
-/// `CMD`; each cluster pulls its own through the hub's durable consumer [`edge_consumer`]
-/// and stores them at the edge in [`cmd_local_stream`] under the same subjects.
+/// Hub → edge commands. At the hub, `CMD` holds every cluster's commands on one subject per
+/// cluster, [`cluster_commands`]; each cluster pulls its own through the hub's durable
+/// consumer [`edge_consumer`] and stores them at the edge in [`cmd_local_stream`], one
+/// subject per release ([`command`]).
 pub const CMD_STREAM: &str = "CMD";
 pub const CMD_PREFIX: &str = "optikon.cmd";
 
@@ -124,7 +128,19 @@ pub fn untoken(token: &str) -> String {
     token.replace('_', ".")
 }
 
-/// `optikon.cmd.<cluster>.<namespace>.<release>`
+/// `optikon.cmd.<cluster>`: the hub's subject of every command to one cluster.
+///
+/// One literal subject per cluster, not one per release: a consumer whose filter is a
+/// literal subject finds its next message through the stream's subject index, while a
+/// wildcard filter makes nats-server scan the messages stored since the consumer's last
+/// one. With one consumer per cluster, a fan-out to N clusters then cost N scans of N
+/// messages at the hub (this was the square-law cost at 10,000 clusters).
+pub fn cluster_commands(cluster: &str) -> String {
+    format!("{CMD_PREFIX}.{}", token(cluster))
+}
+
+/// `optikon.cmd.<cluster>.<namespace>.<release>`: one release's commands in the edge's
+/// `CMD_LOCAL_<cluster>`.
 pub fn command(cluster: &str, namespace: &str, release: &str) -> String {
     format!(
         "{CMD_PREFIX}.{}.{}.{}",
@@ -134,7 +150,7 @@ pub fn command(cluster: &str, namespace: &str, release: &str) -> String {
     )
 }
 
-/// `optikon.cmd.<cluster>.>`: everything one edge must receive.
+/// `optikon.cmd.<cluster>.>`: every release's commands at one edge.
 pub fn commands_for(cluster: &str) -> String {
     format!("{CMD_PREFIX}.{}.>", token(cluster))
 }

@@ -11,6 +11,7 @@
 pub mod link;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -21,6 +22,7 @@ use optikon_core::message::{
 use optikon_core::subject;
 use optikon_runtime::shutdown::Shutdown;
 use optikon_runtime::{topology, trace};
+use tokio::sync::Notify;
 
 #[derive(Debug, Clone)]
 pub struct ProberConfig {
@@ -114,17 +116,28 @@ pub async fn run(
 ) -> Result<(), topology::TopologyError> {
     let js = async_nats::jetstream::new(nats.clone());
     topology::ensure_edge(&js, &config.cluster).await?;
-    let link = spawn_link(nats.clone(), config.cluster.clone(), shutdown.clone());
+    let link_returned = Arc::new(Notify::new());
+    let link = spawn_link(
+        nats.clone(),
+        config.cluster.clone(),
+        shutdown.clone(),
+        link_returned.clone(),
+    );
     let mut registered_at: Option<tokio::time::Instant> = None;
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
+        let returned = tokio::select! {
+            _ = ticker.tick() => false,
+            // Registering again at once lets the hub catch the site up (see the router's
+            // registry) without waiting for the next periodic registration.
+            _ = link_returned.notified() => true,
             _ = shutdown.wait() => break,
-        }
-        if registered_at.is_none_or(|t| t.elapsed() > config.reregister_every) {
-            match register(&nats, &config).await {
+        };
+        // Just started, or the link just came back: the site may have been away.
+        let returning = returned || registered_at.is_none();
+        if returning || registered_at.is_none_or(|t| t.elapsed() > config.reregister_every) {
+            match register(&nats, &config, returning).await {
                 Ok(record) => {
                     tracing::info!(cluster = %record.name, "registered with the hub");
                     registered_at = Some(tokio::time::Instant::now());
@@ -148,15 +161,18 @@ pub async fn run(
 
 /// Starts the site's downlink and uplink for `cluster` (see [`link`]); both run until
 /// shutdown, the uplink restarting after a failure of the site's own server.
+/// `link_returned` is told whenever the hub answers again after it did not.
 pub fn spawn_link(
     nats: async_nats::Client,
     cluster: String,
     shutdown: Shutdown,
+    link_returned: Arc<Notify>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let down = tokio::spawn(link::downlink(
         nats.clone(),
         cluster.clone(),
         shutdown.clone(),
+        link_returned,
     ));
     let up = tokio::spawn(async move {
         while !shutdown.is_triggered() {
@@ -189,9 +205,12 @@ pub async fn publish_heartbeat(
     .map_err(|e| e.to_string())
 }
 
+/// Registers the site with the hub. `returning`: it may have been away (just started, or
+/// its link just came back), so the hub checks whether commands for it were dropped.
 pub async fn register(
     nats: &async_nats::Client,
     config: &ProberConfig,
+    returning: bool,
 ) -> Result<ClusterRecord, String> {
     let registration = ClusterRegistration {
         api_version: ApiVersion,
@@ -200,9 +219,17 @@ pub async fn register(
         labels: config.labels.clone(),
     };
     let body = serde_json::to_vec(&registration).expect("registration serializes");
+    let mut headers = async_nats::HeaderMap::new();
+    if returning {
+        headers.insert(subject::HEADER_RETURNING, "true");
+    }
     let reply = tokio::time::timeout(
         Duration::from_secs(5),
-        nats.request(subject::cluster_register(&config.cluster), body.into()),
+        nats.request_with_headers(
+            subject::cluster_register(&config.cluster),
+            headers,
+            body.into(),
+        ),
     )
     .await
     .map_err(|_| "hub did not answer".to_owned())?

@@ -48,7 +48,13 @@ pub enum LinkError {
 }
 
 /// Pulls `cluster`'s commands from the hub into the site until shutdown.
-pub async fn downlink(client: async_nats::Client, cluster: String, shutdown: Shutdown) {
+/// `link_returned` is told each time the hub answers again after it had not.
+pub async fn downlink(
+    client: async_nats::Client,
+    cluster: String,
+    shutdown: Shutdown,
+    link_returned: std::sync::Arc<tokio::sync::Notify>,
+) {
     let local = jetstream::new(client.clone());
     let request_subject = format!(
         "{}.CONSUMER.MSG.NEXT.{}.{}",
@@ -95,6 +101,9 @@ pub async fn downlink(client: async_nats::Client, cluster: String, shutdown: Shu
         if link_up != Some(answered) {
             if answered {
                 tracing::info!(cluster = %cluster, "commands from the hub flow");
+                if link_up == Some(false) {
+                    link_returned.notify_one();
+                }
             } else {
                 tracing::info!(cluster = %cluster, ?outcome, "the hub does not answer pulls (link down, or not registered yet)");
             }

@@ -26,9 +26,16 @@ pub enum TopologyError {
     Consumer { name: String, message: String },
 }
 
-/// Per release and cluster, the commands kept. The newest always survives, so an edge that
-/// was away longer than any age limit still converges to the latest desired state.
-pub const COMMANDS_KEPT_PER_RELEASE: i64 = 32;
+/// At the edge, per release, the commands kept in `CMD_LOCAL_<cluster>`. The newest always
+/// survives, so the executor always has the latest desired state of every release. As many
+/// as the hub holds back for the cluster in all, so that a backlog arriving at once after a
+/// cut link is kept whole at the edge until the executor has read it.
+pub const COMMANDS_KEPT_PER_RELEASE: i64 = COMMANDS_KEPT_PER_CLUSTER;
+/// At the hub, per cluster, the commands kept in `CMD`. A site away for more commands than
+/// this misses the oldest; when it registers on its return the router sends the newest
+/// desired state of each of its releases again (`selector-router`'s registry), so it still
+/// converges.
+pub const COMMANDS_KEPT_PER_CLUSTER: i64 = 64;
 /// Per heartbeat or release subject, the status messages kept: at a 5 s heartbeat, 1,000 is
 /// well over an hour of an edge's heartbeats; only the newest matter to the hub.
 pub const STATUS_KEPT_PER_SUBJECT: i64 = 1000;
@@ -130,8 +137,9 @@ pub async fn ensure_hub(js: &jetstream::Context) -> Result<(), TopologyError> {
         js,
         stream::Config {
             name: subject::CMD_STREAM.into(),
-            subjects: vec![format!("{}.>", subject::CMD_PREFIX)],
-            max_messages_per_subject: COMMANDS_KEPT_PER_RELEASE,
+            // One subject per cluster (`subject::cluster_commands`), nothing deeper.
+            subjects: vec![format!("{}.*", subject::CMD_PREFIX)],
+            max_messages_per_subject: COMMANDS_KEPT_PER_CLUSTER,
             duplicate_window: DAY,
             ..Default::default()
         },
@@ -285,8 +293,8 @@ pub const EDGE_MAX_WAITING: i64 = 4;
 pub const MAX_HEARTBEAT_BYTES: i32 = 16 * 1024;
 
 /// The hub's durable consumer through which `cluster` pulls its commands, created if it is
-/// missing. `js` must be the hub's JetStream; the router calls this when a cluster
-/// registers.
+/// missing (and corrected if an older version made it differently). `js` must be the hub's
+/// JetStream; the router calls this when a cluster registers.
 pub async fn ensure_edge_consumer(
     js: &jetstream::Context,
     cluster: &str,
@@ -294,7 +302,8 @@ pub async fn ensure_edge_consumer(
     let name = subject::edge_consumer(cluster);
     let config = jetstream::consumer::pull::Config {
         durable_name: Some(name.clone()),
-        filter_subject: subject::commands_for(cluster),
+        // Literal, so the server finds the next command by its subject index.
+        filter_subject: subject::cluster_commands(cluster),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait: EDGE_ACK_WAIT,
         max_waiting: EDGE_MAX_WAITING,
@@ -307,12 +316,11 @@ pub async fn ensure_edge_consumer(
         ..Default::default()
     };
     with_retries(&name, || async {
-        let stream = js
-            .get_stream(subject::CMD_STREAM)
+        // One request: create, or confirm an identical consumer (no stream info first).
+        js.get_stream_no_info(subject::CMD_STREAM)
             .await
-            .map_err(|e| e.to_string())?;
-        stream
-            .get_or_create_consumer(&name, config.clone())
+            .map_err(|e| e.to_string())?
+            .create_consumer(config.clone())
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())

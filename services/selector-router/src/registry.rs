@@ -6,9 +6,12 @@
 //! only the cluster's own identity publish on its subject, so a site cannot register as
 //! another. A body naming another cluster than its subject is refused.
 
+use std::collections::HashMap;
+
 use futures::{FutureExt, StreamExt};
 use optikon_core::message::{
-    ApiError, ApiVersion, ClusterRecord, ClusterRegistration, ErrorCode, Reply, Timestamp, decode,
+    ApiError, ApiVersion, ClusterRecord, ClusterRegistration, DesiredRelease, ErrorCode,
+    ReleaseStatus, Reply, Timestamp, decode,
 };
 use optikon_core::{names, subject};
 use optikon_runtime::shutdown::Shutdown;
@@ -38,9 +41,17 @@ pub async fn run(client: async_nats::Client, hub: Hub, shutdown: Shutdown) -> an
                 _ => break,
             }
         }
-        let registrations: Vec<(&str, &[u8])> = batch
+        let registrations: Vec<Registration<'_>> = batch
             .iter()
-            .map(|m| (m.subject.as_str(), m.payload.as_ref()))
+            .map(|m| Registration {
+                subject: m.subject.as_str(),
+                body: m.payload.as_ref(),
+                returning: m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(subject::HEADER_RETURNING))
+                    .is_some(),
+            })
             .collect();
         let replies = register_all(&hub, &registrations).await;
         for (message, reply) in batch.iter().zip(replies) {
@@ -53,20 +64,152 @@ pub async fn run(client: async_nats::Client, hub: Hub, shutdown: Shutdown) -> an
     }
 }
 
-/// Registers each `(subject, body)`, answering each on its own: a bad registration does not
-/// fail the others of its batch.
+/// One registration message.
+pub struct Registration<'a> {
+    pub subject: &'a str,
+    pub body: &'a [u8],
+    /// The site may have been away ([`subject::HEADER_RETURNING`]).
+    pub returning: bool,
+}
+
+/// Registers each, answering each on its own: a bad registration does not fail the others
+/// of its batch.
 pub async fn register_all(
     hub: &Hub,
-    registrations: &[(&str, &[u8])],
+    registrations: &[Registration<'_>],
 ) -> Vec<Result<ClusterRecord, ApiError>> {
-    let work = registrations.iter().map(|(subject, body)| async move {
-        let registration = check(subject, body)?;
+    let work = registrations.iter().map(|r| async move {
+        let registration = check(r.subject, r.body)?;
         topology::ensure_edge_consumer(&hub.js, &registration.name)
             .await
             .map_err(|e| internal("set up the cluster's command consumer", e))?;
-        record(hub, registration).await
+        let record = record(hub, registration).await?;
+        if r.returning {
+            resend_if_commands_dropped(hub, &record.name).await?;
+        }
+        Ok(record)
     });
     futures::stream::iter(work).buffered(32).collect().await
+}
+
+/// Sends the newest desired state of a release of `cluster` again where the hub has dropped
+/// that command (see the module's notes): if the hub holds the limit of the cluster's
+/// commands, each desired state that the site has not reported reaching and whose command
+/// is not among those kept is sent again. A
+/// resend is stored under a message id named after the oldest command kept, so a repeated
+/// registration before anything new was sent to the cluster does not send it twice.
+async fn resend_if_commands_dropped(hub: &Hub, cluster: &str) -> Result<(), ApiError> {
+    let commands = subject::cluster_commands(cluster);
+    let stream = hub
+        .js
+        .get_stream_no_info(subject::CMD_STREAM)
+        .await
+        .map_err(|e| internal("open the command stream", e))?;
+    if (kept_commands(&stream, &commands).await? as i64) < topology::COMMANDS_KEPT_PER_CLUSTER {
+        // Never at the limit, so nothing was ever dropped.
+        return Ok(());
+    }
+    let (oldest, kept) = read_commands(&stream, &commands).await?;
+    let desired = optikon_runtime::kv::latest_values(
+        &hub.js,
+        subject::DESIRED_BUCKET,
+        &format!("{}.>", subject::token(cluster)),
+    )
+    .await
+    .map_err(|e| internal("read the cluster's desired state", e))?;
+    // What the site has already reported reaching (the folded status of each release).
+    let reached: HashMap<String, u64> = optikon_runtime::kv::latest_values(
+        &hub.js,
+        subject::RELEASES_BUCKET,
+        &format!("{}.>", subject::token(cluster)),
+    )
+    .await
+    .map_err(|e| internal("read the cluster's release status", e))?
+    .into_iter()
+    .filter_map(|(key, value)| {
+        let status: ReleaseStatus = decode("release status", &value).ok()?;
+        status.state.is_final().then_some((key, status.generation))
+    })
+    .collect();
+    let mut resent = 0;
+    for (key, value) in desired {
+        let desired: DesiredRelease = match decode("desired state", &value) {
+            Ok(desired) => desired,
+            Err(error) => {
+                tracing::warn!(%key, %error, "unreadable desired state not resent");
+                continue;
+            }
+        };
+        let reported = reached.get(&key).is_some_and(|g| *g >= desired.generation);
+        if reported || kept.contains(&(desired.request_id.clone(), desired.generation)) {
+            continue;
+        }
+        let msg_id = format!("{}.{cluster}.resent-{oldest}", desired.request_id);
+        crate::request::send_command(hub, &desired, msg_id).await?;
+        resent += 1;
+    }
+    if resent > 0 {
+        tracing::info!(
+            cluster,
+            resent,
+            oldest_kept = oldest,
+            "a returning site's commands were dropped before it got them; sent its desired state again"
+        );
+    }
+    Ok(())
+}
+
+/// The stream sequence of the oldest command kept on `subject`, and each kept command's
+/// request and generation.
+async fn read_commands(
+    stream: &async_nats::jetstream::stream::Stream<()>,
+    subject: &str,
+) -> Result<(u64, std::collections::HashSet<(String, u64)>), ApiError> {
+    use async_nats::jetstream::consumer;
+    let fail = |e: &dyn std::fmt::Display| internal("read the cluster's kept commands", e);
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| fail(&e))?;
+    let mut messages = consumer.messages().await.map_err(|e| fail(&e))?;
+    let (mut oldest, mut kept) = (0, std::collections::HashSet::new());
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), messages.next())
+            .await
+            .map_err(|_| fail(&"no message within 10 s"))?
+            .ok_or_else(|| fail(&"the read ended early"))?
+            .map_err(|e| fail(&e))?;
+        let info = message.info().map_err(|e| fail(&e))?;
+        if oldest == 0 {
+            oldest = info.stream_sequence;
+        }
+        let pending = info.pending;
+        if let Ok(command) = decode::<DesiredRelease>("command", &message.payload) {
+            kept.insert((command.request_id, command.generation));
+        }
+        if pending == 0 {
+            return Ok((oldest, kept));
+        }
+    }
+}
+
+/// How many commands `CMD` holds on `subject` (one cluster's).
+async fn kept_commands(
+    stream: &async_nats::jetstream::stream::Stream<()>,
+    subject: &str,
+) -> Result<usize, ApiError> {
+    use futures::TryStreamExt;
+    let counts: Vec<(String, usize)> = stream
+        .info_with_subjects(subject)
+        .await
+        .map_err(|e| internal("count the cluster's commands", e))?
+        .try_collect()
+        .await
+        .map_err(|e| internal("count the cluster's commands", e))?;
+    Ok(counts.into_iter().map(|(_, n)| n).sum())
 }
 
 async fn record(hub: &Hub, registration: ClusterRegistration) -> Result<ClusterRecord, ApiError> {

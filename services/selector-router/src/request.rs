@@ -160,24 +160,35 @@ async fn publish_commands(
     request_id: &str,
     commands: &[DesiredRelease],
 ) -> Result<(), ApiError> {
-    futures::stream::iter(commands.iter().map(|desired| async move {
-        let body = serde_json::to_vec(desired).expect("command serializes");
-        let msg_id = format!("{request_id}.{}", desired.cluster);
-        hub.js
-            .publish_with_headers(
-                subject::command(&desired.cluster, &desired.namespace, &desired.release),
-                trace::headers(Some(&msg_id)),
-                body.into(),
-            )
-            .await
-            .map_err(|e| internal("publish command", e))?
-            .await
-            .map_err(|e| internal("store command", e))?;
-        Ok::<_, ApiError>(())
-    }))
+    futures::stream::iter(
+        commands
+            .iter()
+            .map(|desired| send_command(hub, desired, format!("{request_id}.{}", desired.cluster))),
+    )
     .buffer_unordered(CONCURRENCY)
     .try_collect::<()>()
     .await
+}
+
+/// Stores `desired` in `CMD` as a command to its cluster, under `msg_id`, and waits for the
+/// store acknowledgement.
+pub async fn send_command(
+    hub: &Hub,
+    desired: &DesiredRelease,
+    msg_id: String,
+) -> Result<(), ApiError> {
+    let body = serde_json::to_vec(desired).expect("command serializes");
+    hub.js
+        .publish_with_headers(
+            subject::cluster_commands(&desired.cluster),
+            trace::headers(Some(&msg_id)),
+            body.into(),
+        )
+        .await
+        .map_err(|e| internal("publish command", e))?
+        .await
+        .map_err(|e| internal("store command", e))?;
+    Ok(())
 }
 
 /// What a valid request resolves to.

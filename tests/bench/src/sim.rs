@@ -118,7 +118,12 @@ pub async fn run(config: SimConfig) -> anyhow::Result<()> {
     let links: Vec<_> = names
         .iter()
         .flat_map(|(_, name)| {
-            health_prober::spawn_link(client.clone(), name.clone(), shutdown.clone())
+            health_prober::spawn_link(
+                client.clone(),
+                name.clone(),
+                shutdown.clone(),
+                Default::default(),
+            )
         })
         .collect();
     println!("ready {}", names.len());

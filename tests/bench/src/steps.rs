@@ -174,7 +174,13 @@ async fn once(
         anyhow::Ok(message.time)
     };
     let local = jetstream::new(edge.clone());
-    let command_hub = stored_last(hub.clone(), subject::CMD_STREAM.into(), command.clone()).await?;
+    // At the hub one subject holds all of the site's commands; this release's is the last.
+    let command_hub = stored_last(
+        hub.clone(),
+        subject::CMD_STREAM.into(),
+        subject::cluster_commands(STEPS_SITE),
+    )
+    .await?;
     let command_edge = stored_last(
         local.clone(),
         subject::cmd_local_stream(STEPS_SITE),

@@ -111,7 +111,7 @@ impl Hub {
             )
             .await?;
         self.js
-            .publish(subject::command(cluster, "default", "web"), body.into())
+            .publish(subject::cluster_commands(cluster), body.into())
             .await?
             .await?;
         Ok(())
@@ -249,7 +249,7 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
             "optikon.release.request".to_owned(),
             r#"{"apiVersion":"optikon/v1","id":"evil","action":"uninstall","release":"web","namespace":"default","selector":""}"#,
         ),
-        (subject::command(VICTIM, "default", "web"), "{}"),
+        (subject::cluster_commands(VICTIM), "{}"),
         (
             subject::release_status(VICTIM, "default", "web"),
             r#"{"forged":true}"#,
@@ -331,7 +331,7 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
     for subject in [
         "_INBOX.someone.else".to_owned(),
         format!("{}.secret", subject::edge_inbox_prefix(VICTIM)),
-        subject::command(VICTIM, "default", "web"),
+        subject::cluster_commands(VICTIM),
         "optikon.event.request.secret".to_owned(),
         format!("$KV.desired.{key}"),
         "optikon.api.chart.push".to_owned(),
@@ -597,7 +597,7 @@ async fn each_hub_role_stays_within_its_role() -> anyhow::Result<()> {
     let testbed = testbed();
     let hub = Hub::open(&testbed).await?;
     let key = subject::release_key(VICTIM, "default", "web");
-    let command_subject = subject::command(VICTIM, "default", "web");
+    let command_subject = subject::cluster_commands(VICTIM);
 
     for role in [
         HubRole::Gateway,

@@ -56,7 +56,12 @@ async fn connect_and_set_up(testbed: &Testbed) -> anyhow::Result<Sites> {
         .await?;
         let js = jetstream::new(client.clone());
         topology::ensure_edge(&js, name).await?;
-        health_prober::spawn_link(client.clone(), name.clone(), shutdown.clone());
+        health_prober::spawn_link(
+            client.clone(),
+            name.clone(),
+            shutdown.clone(),
+            Default::default(),
+        );
         edges.insert(name.clone(), (client, js));
     }
     Ok(Sites {
@@ -127,7 +132,7 @@ async fn commands_reach_only_their_edge_and_status_comes_back() -> anyhow::Resul
     let ack = sites
         .hub_js
         .publish(
-            subject::command(c1, "default", "web"),
+            subject::cluster_commands(c1),
             command(c1, "web", "cmd-for-1"),
         )
         .await?
@@ -181,7 +186,7 @@ async fn an_edge_cannot_see_or_speak_for_another_edge() -> anyhow::Result<()> {
     let edge2 = &sites.edges[c2].0;
 
     // copenhagen-2 listens for copenhagen-1's commands; it must never get them.
-    let mut foreign = edge2.subscribe(subject::commands_for(c1)).await?;
+    let mut foreign = edge2.subscribe(subject::cluster_commands(c1)).await?;
     // And the hub listens for status that copenhagen-2 claims comes from copenhagen-1.
     let mut hub_status = sites.hub.subscribe(subject::status_for(c1)).await?;
     edge1.flush().await?;
@@ -192,10 +197,7 @@ async fn an_edge_cannot_see_or_speak_for_another_edge() -> anyhow::Result<()> {
 
     sites
         .hub_js
-        .publish(
-            subject::command(c1, "default", "web"),
-            command(c1, "web", "hello"),
-        )
+        .publish(subject::cluster_commands(c1), command(c1, "web", "hello"))
         .await?
         .await?;
     edge2
@@ -261,7 +263,7 @@ async fn a_cut_link_loses_and_duplicates_nothing() -> anyhow::Result<()> {
     for i in 0..N {
         let headers = optikon_runtime::trace::headers(Some(&format!("cmd-{i}")));
         let release = format!("app{}", i % 5);
-        let subject = subject::command(site, "default", &release);
+        let subject = subject::cluster_commands(site);
         let body = command(site, &release, &format!("cmd-{i}"));
         sites
             .hub_js

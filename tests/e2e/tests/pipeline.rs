@@ -359,7 +359,7 @@ async fn a_request_published_twice_applies_once() -> anyhow::Result<()> {
     let command = js
         .get_stream(subject::CMD_STREAM)
         .await?
-        .get_last_raw_message_by_subject(&subject::command("copenhagen-2", "dup", "twice"))
+        .get_last_raw_message_by_subject(&subject::cluster_commands("copenhagen-2"))
         .await?;
     assert_eq!(
         trace_of(command).as_deref(),

@@ -913,9 +913,11 @@ async fn poison_commands_fail_with_a_reason_and_block_nothing() -> anyhow::Resul
     )
 }
 
-/// An edge cut off while a release changes more often than the hub keeps commands for it
-/// (`COMMANDS_KEPT_PER_RELEASE`): the oldest commands are gone, the newest always reaches
-/// the edge, so the desired state wins.
+/// An edge cut off while more commands are sent to it than the hub keeps per cluster
+/// (`COMMANDS_KEPT_PER_CLUSTER`): the oldest are dropped at the hub, among them the only
+/// command of a release installed early in the cut. When the site comes back it registers
+/// as returning, the router sends the desired state whose command was dropped again, and
+/// every release converges; the dropped upgrades of the busy release stay pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_away_longer_than_command_retention_still_converges() -> anyhow::Result<()> {
     let mut testbed = prepared().await?;
@@ -923,7 +925,7 @@ async fn an_edge_away_longer_than_command_retention_still_converges() -> anyhow:
     let ns = "rel-retain";
     let selector = "ID=123";
     let js = hub_js(&testbed).await?;
-    let kept = optikon_runtime::topology::COMMANDS_KEPT_PER_RELEASE as usize;
+    let kept = optikon_runtime::topology::COMMANDS_KEPT_PER_CLUSTER as usize;
 
     let mut before = vec![Op::deploy(Action::Install, "retain-a", ns, selector, V1, 1)];
     submit_all(&testbed, &mut before)?;
@@ -931,8 +933,12 @@ async fn an_edge_away_longer_than_command_retention_still_converges() -> anyhow:
     let baseline = baseline(&testbed, &before, &[site]).await?;
 
     block(|| testbed.cut_link(site))?;
+    // One release installed once, then the other changed more often than the hub keeps.
+    let mut quiet = Op::deploy(Action::Install, "retain-b", ns, selector, V1, 1);
+    quiet.id = format!("retain-b-{}", uuid::Uuid::new_v4().simple());
+    publish_request(&js, &quiet, true).await?;
     let changes = kept + 8;
-    let mut ops = Vec::new();
+    let mut busy = Vec::new();
     for i in 0..changes {
         let mut op = Op::deploy(
             Action::Upgrade,
@@ -944,10 +950,10 @@ async fn an_edge_away_longer_than_command_retention_still_converges() -> anyhow:
         );
         op.id = format!("retain-{i}-{}", uuid::Uuid::new_v4().simple());
         publish_request(&js, &op, true).await?;
-        ops.push(op);
+        busy.push(op);
     }
     // The router has made every change's command; the hub keeps only the newest.
-    let command_subject = subject::command(site, ns, "retain-a");
+    let command_subject = subject::cluster_commands(site);
     let held = optikon_e2e::eventually(
         "the hub routed every change",
         Duration::from_secs(60),
@@ -957,28 +963,47 @@ async fn an_edge_away_longer_than_command_retention_still_converges() -> anyhow:
                 .last()
                 .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
                 .and_then(|v| v["requestId"].as_str().map(str::to_owned));
-            Ok(
-                (newest.as_deref() == Some(ops.last().expect("ops").id.as_str()))
-                    .then_some(held.len()),
-            )
+            Ok((newest.as_deref() == Some(busy.last().expect("ops").id.as_str())).then_some(held))
         },
     )
     .await?;
     ensure!(
-        held == kept,
-        "the hub holds {held} commands for the release, not {kept}"
+        held.len() == kept,
+        "the hub holds {} commands for the cluster, not {kept}",
+        held.len()
     );
-    // The oldest changes' commands are gone at the hub before the edge could get them.
-    let evicted: BTreeSet<String> = ops[..changes - kept].iter().map(|o| o.id.clone()).collect();
+    let held_ids: BTreeSet<String> = held
+        .iter()
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .filter_map(|v| v["requestId"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(
+        !held_ids.contains(&quiet.id),
+        "the quiet release's only command should have been dropped at the hub"
+    );
+    // Dropped before the edge could get them: the quiet install and the oldest changes.
+    let dropped = changes + 1 - kept;
+    let evicted: BTreeSet<String> = busy[..dropped - 1].iter().map(|o| o.id.clone()).collect();
 
     let restore_at = Timestamp::now();
     block(|| testbed.restore_link(site))?;
     let restored = Instant::now();
-    let kept_ops: Vec<Op> = ops[changes - kept..].to_vec();
-    let settled = settle(&js, &kept_ops, restored, &[site]).await?;
-    let at_edge = edge_converge(&testbed, &kept_ops, &settled, &[site], restore_at).await?;
+    // The resend is one more command: it may push out the oldest kept one before the edge
+    // pulled it, so that one may settle or stay pending; every newer one must settle.
+    let maybe = busy[dropped - 1].clone();
+    let mut must: Vec<Op> = busy[dropped..].to_vec();
+    must.push(quiet.clone());
+    let settled = settle(&js, &must, restored, &[site]).await?;
+    let at_edge = edge_converge(&testbed, &must, &settled, &[site], restore_at).await?;
+    let mut evicted = evicted;
     let mut with_evicted = settled.clone();
-    for op in &ops[..changes - kept] {
+    let maybe_progress = request_progress(&js, &maybe.id, site).await?;
+    if !maybe_progress.as_ref().is_some_and(|p| p.state.is_final()) {
+        evicted.insert(maybe.id.clone());
+    }
+    let mut ops: Vec<Op> = vec![quiet.clone()];
+    ops.extend(busy.iter().cloned());
+    for op in &ops {
         if let Some(progress) = request_progress(&js, &op.id, site).await? {
             with_evicted
                 .progress
@@ -987,12 +1012,15 @@ async fn an_edge_away_longer_than_command_retention_still_converges() -> anyhow:
     }
     let tally = verify(&testbed, &js, &ops, &with_evicted, &baseline, &evicted).await?;
     finish(
-        "edge away for more changes than the hub keeps (40 changes to one release, 32 kept)",
+        &format!(
+            "edge away for more commands than the hub keeps ({} to the cluster, {kept} kept; one release's only command among those dropped)",
+            changes + 1
+        ),
         &tally,
         &at_edge,
         &settled.converge,
         &format!(
-            "{} oldest changes' commands evicted at the hub (superseded by the newest; their request entries stay pending: see docs)",
+            "{} oldest changes' commands dropped at the hub (superseded by the newest; their request entries stay pending: see docs); the dropped install was sent again when the site registered on its return",
             evicted.len()
         ),
     )
@@ -1119,25 +1147,26 @@ async fn publish_request(
     Ok(())
 }
 
-/// Publishes the newest command of a release on `site` again, with a message id of its own
-/// so the stream's dedup does not catch it: the executor must.
+/// Publishes the newest command of a release on `site` again (the release's desired state,
+/// which is what the router sent), with a message id of its own so the stream's dedup does
+/// not catch it: the executor must.
 async fn republish_command(
     js: &jetstream::Context,
     site: &str,
     namespace: &str,
     release: &str,
 ) -> anyhow::Result<()> {
-    let subject = subject::command(site, namespace, release);
-    let last = js
-        .get_stream(subject::CMD_STREAM)
+    let newest = js
+        .get_key_value(subject::DESIRED_BUCKET)
         .await?
-        .get_last_raw_message_by_subject(&subject)
-        .await?;
+        .get(subject::release_key(site, namespace, release))
+        .await?
+        .context("the release has no desired state to send again")?;
     let id = format!("repeat-{}", uuid::Uuid::new_v4().simple());
     js.publish_with_headers(
-        subject,
+        subject::cluster_commands(site),
         optikon_runtime::trace::headers(Some(&id)),
-        last.payload,
+        newest,
     )
     .await?
     .await?;
