@@ -100,31 +100,26 @@ async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiError>
         }
     };
 
-    // Desired state first, then the request's status (one entry per cluster, then the
-    // summary), then the commands: an edge can only answer a command whose request status
-    // already exists to be updated. Each step works on many clusters at once; a fan-out to
-    // thousands is round trips, not computation.
-    let desired: Vec<DesiredRelease> = futures::stream::iter(
-        plan.clusters
-            .iter()
-            .map(|cluster| set_desired(hub, &request, cluster, plan.chart.clone())),
-    )
-    .buffered(CONCURRENCY)
-    .try_collect()
-    .await?;
-    futures::stream::iter(
-        desired
-            .iter()
-            .map(|d| create_cluster_entry(hub, &request.id, d)),
-    )
-    .buffer_unordered(CONCURRENCY)
-    .try_collect::<()>()
-    .await?;
+    // Per cluster its desired state, then its entry of the request; beside them the
+    // request's summary; only then the commands: an edge can only answer a command whose
+    // request status already exists to be updated. Everything before the commands runs at
+    // once across clusters: a fan-out to thousands is round trips, not computation.
     status.progress = Some(RequestProgress {
-        targets: desired.len(),
+        targets: plan.clusters.len(),
         ..RequestProgress::default()
     });
-    let status = merge_status(hub, status).await?;
+    let per_cluster = futures::stream::iter(plan.clusters.iter().map(|cluster| {
+        let chart = plan.chart.clone();
+        let request = &request;
+        async move {
+            let desired = set_desired(hub, request, cluster, chart).await?;
+            create_cluster_entry(hub, &request.id, &desired).await?;
+            Ok::<_, ApiError>(desired)
+        }
+    }))
+    .buffered(CONCURRENCY)
+    .try_collect::<Vec<DesiredRelease>>();
+    let (desired, status) = futures::try_join!(per_cluster, merge_status(hub, status))?;
     publish_commands(hub, &request.id, &desired).await?;
     tracing::info!(id = %request.id, targets = desired.len(), "commands sent");
     // The summary only: every cluster is pending, which the count says.
@@ -150,7 +145,7 @@ async fn create_cluster_entry(
 }
 
 /// KV reads and writes, and command publishes, in flight at once for one request.
-const CONCURRENCY: usize = 64;
+const CONCURRENCY: usize = 128;
 
 /// Publishes one command per cluster, pipelined: up to [`CONCURRENCY`] wait for their
 /// store acknowledgement at once. `Nats-Msg-Id: <request>.<cluster>` makes a repeat after a
@@ -323,6 +318,10 @@ async fn set_desired(
 /// progress already folded in).
 async fn merge_status(hub: &Hub, mut status: RequestStatus) -> Result<RequestStatus, ApiError> {
     let key = subject::token(&status.id);
+    // Almost always the first attempt at this request: create without reading first.
+    if write_if(&hub.requests, &key, &status, None).await? {
+        return Ok(status);
+    }
     for _ in 0..20 {
         let current = read::<RequestStatus>(&hub.requests, &key).await?;
         let revision = current.as_ref().map(|(_, r)| *r);
