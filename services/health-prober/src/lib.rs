@@ -124,6 +124,9 @@ pub async fn run(
         link_returned.clone(),
     );
     let mut registered_at: Option<tokio::time::Instant> = None;
+    // Just started, or the link came back, and the hub has not heard so yet: the site may
+    // have been away. Kept until a registration saying so succeeds.
+    let mut returning = true;
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -134,13 +137,13 @@ pub async fn run(
             _ = link_returned.notified() => true,
             _ = shutdown.wait() => break,
         };
-        // Just started, or the link just came back: the site may have been away.
-        let returning = returned || registered_at.is_none();
+        returning |= returned;
         if returning || registered_at.is_none_or(|t| t.elapsed() > config.reregister_every) {
             match register(&nats, &config, returning).await {
                 Ok(record) => {
                     tracing::info!(cluster = %record.name, "registered with the hub");
                     registered_at = Some(tokio::time::Instant::now());
+                    returning = false;
                 }
                 Err(error) => tracing::warn!(%error, "hub registration pending"),
             }
