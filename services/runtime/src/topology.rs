@@ -196,10 +196,6 @@ pub async fn ensure_hub(js: &jetstream::Context) -> Result<(), TopologyError> {
             history: 1,
             // Written by the edges themselves: a site cannot make its entry large.
             max_value_size: MAX_HEARTBEAT_BYTES,
-            // The one write every site makes all the time, and worth nothing after a few
-            // intervals: kept in memory, it costs the hub no disk write. A hub restart
-            // forgets them; each site's next heartbeat (seconds later) brings it back.
-            storage: jetstream::stream::StorageType::Memory,
             ..Default::default()
         },
     )
