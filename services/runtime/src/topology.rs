@@ -189,17 +189,7 @@ pub async fn ensure_hub(js: &jetstream::Context) -> Result<(), TopologyError> {
         )
         .await?;
     }
-    ensure_kv(
-        js,
-        kv::Config {
-            bucket: subject::HEARTBEATS_BUCKET.into(),
-            history: 1,
-            // Written by the edges themselves: a site cannot make its entry large.
-            max_value_size: MAX_HEARTBEAT_BYTES,
-            ..Default::default()
-        },
-    )
-    .await?;
+    ensure_heartbeats(js).await?;
     for bucket in [subject::REQUESTS_BUCKET, subject::REQUEST_CLUSTERS_BUCKET] {
         ensure_kv(
             js,
@@ -232,6 +222,43 @@ pub async fn ensure_hub(js: &jetstream::Context) -> Result<(), TopologyError> {
     )
     .await?;
     Ok(())
+}
+
+/// The hub's `heartbeats` bucket: the one write every site makes all the time, and worth
+/// nothing after a few intervals, so it is kept in memory and costs the hub no disk write.
+/// A restarted hub has lost it; the router makes it again ([`heartbeats_present`]), and each
+/// site's next heartbeat fills its entry.
+pub async fn ensure_heartbeats(js: &jetstream::Context) -> Result<(), TopologyError> {
+    ensure_kv(
+        js,
+        kv::Config {
+            bucket: subject::HEARTBEATS_BUCKET.into(),
+            history: 1,
+            // Written by the edges themselves: a site cannot make its entry large.
+            max_value_size: MAX_HEARTBEAT_BYTES,
+            storage: stream::StorageType::Memory,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether the hub still has its `heartbeats` bucket: `Ok(false)` only when the hub says
+/// there is no such stream, an error when it could not be asked.
+pub async fn heartbeats_present(js: &jetstream::Context) -> Result<bool, TopologyError> {
+    let name = format!("KV_{}", subject::HEARTBEATS_BUCKET);
+    match js.get_stream(&name).await {
+        Ok(_) => Ok(true),
+        Err(e) => match e.kind() {
+            jetstream::context::GetStreamErrorKind::JetStream(error)
+                if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(false)
+            }
+            _ => Err(stream_err(&name, e)),
+        },
+    }
 }
 
 /// Everything an edge site holds for one cluster. `js` must be the edge's own JetStream (its

@@ -73,9 +73,38 @@ pub async fn run(client: async_nats::Client, shutdown: Shutdown) -> anyhow::Resu
     tokio::try_join!(
         request::run(hub.clone(), shutdown.clone()),
         fold::run(hub.clone(), shutdown.clone()),
-        registry::run(client, hub, shutdown),
+        registry::run(client, hub.clone(), shutdown.clone()),
+        keep_heartbeats_bucket(hub.js, shutdown),
     )?;
     Ok(())
+}
+
+/// How often the router checks that the hub still has its in-memory `heartbeats` bucket.
+/// Three missed heartbeats make a site stale, so a restarted hub's bucket is back well
+/// before any site is wrongly shown unreachable.
+const HEARTBEATS_CHECK: Duration = Duration::from_secs(3);
+
+/// Makes the `heartbeats` bucket again whenever the hub has lost it (a restarted hub keeps
+/// no in-memory stream): nobody else may, since the sites that write it cannot manage
+/// streams. Proven by the reliability suite's `hub_restart_during_a_cut`.
+async fn keep_heartbeats_bucket(js: jetstream::Context, shutdown: Shutdown) -> anyhow::Result<()> {
+    let mut ticks = tokio::time::interval(HEARTBEATS_CHECK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.wait() => return Ok(()),
+        }
+        match topology::heartbeats_present(&js).await {
+            Ok(true) => {}
+            Ok(false) => match topology::ensure_heartbeats(&js).await {
+                Ok(()) => tracing::info!("the hub had lost the heartbeats bucket; made it again"),
+                Err(error) => tracing::warn!(%error, "cannot make the heartbeats bucket again"),
+            },
+            // The hub is restarting or unreachable: the next tick asks again.
+            Err(error) => tracing::debug!(%error, "cannot ask after the heartbeats bucket"),
+        }
+    }
 }
 
 /// Works through a durable pull consumer (shared by all replicas) until shutdown: a message

@@ -279,6 +279,23 @@ async fn hub_restart_during_a_cut() -> anyhow::Result<()> {
         || async { Ok((optikon(&testbed, &["clusters", "-o", "json"])?.code == 0).then_some(())) },
     )
     .await?;
+    // The restarted hub has lost its in-memory `heartbeats` bucket; the router makes it
+    // again, and the sites still linked are healthy again within a few heartbeats.
+    optikon_e2e::eventually(
+        "the linked sites' heartbeats reach the restarted hub",
+        Duration::from_secs(30),
+        || async {
+            let out = optikon(&testbed, &["clusters", "-o", "json"])?.ok()?;
+            let clusters: Vec<ClusterRecord> = serde_json::from_str(&out.stdout)?;
+            let now = Timestamp::now();
+            let healthy = clusters
+                .iter()
+                .filter(|c| c.name != site && c.health(now) == Health::Healthy)
+                .count();
+            Ok((healthy == all_sites.len() - 1).then_some(()))
+        },
+    )
+    .await?;
     let mut after = Vec::new();
     for round in 0..rounds {
         let s = suffix(round);
