@@ -55,7 +55,7 @@ pub async fn downlink(
     shutdown: Shutdown,
     link_returned: std::sync::Arc<tokio::sync::Notify>,
 ) {
-    let local = jetstream::new(client.clone());
+    let local = optikon_runtime::jetstream(client.clone());
     let request_subject = format!(
         "{}.CONSUMER.MSG.NEXT.{}.{}",
         subject::js_api_prefix(subject::HUB_DOMAIN),
@@ -251,7 +251,7 @@ pub async fn uplink(
     cluster: String,
     shutdown: Shutdown,
 ) -> Result<(), LinkError> {
-    let local = jetstream::new(client);
+    let local = optikon_runtime::jetstream(client);
     let consumer: consumer::PullConsumer = local
         .get_stream(subject::status_stream(&cluster))
         .await

@@ -104,7 +104,7 @@ impl Executor {
         config: ExecutorConfig,
         shutdown: &Shutdown,
     ) -> Option<Self> {
-        let local = jetstream::new(client.clone());
+        let local = optikon_runtime::jetstream(client.clone());
         loop {
             match topology::ensure_edge(&local, &config.cluster).await {
                 Ok(()) => break,

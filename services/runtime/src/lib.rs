@@ -25,6 +25,20 @@ pub enum ConnectError {
     },
 }
 
+/// How long a service waits for JetStream to acknowledge a store or answer an API call.
+/// The client's default of 5 s is too short for a server that a fan-out to thousands of
+/// clusters keeps busy: a write given up on is sent again, which adds load exactly when the
+/// server has the most, and a command or status given up on waits out an ack wait (30 s)
+/// before it is offered again.
+pub const JETSTREAM_ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// JetStream on `client`, waiting [`JETSTREAM_ACK_WAIT`] for acknowledgements.
+pub fn jetstream(client: async_nats::Client) -> async_nats::jetstream::Context {
+    async_nats::jetstream::ContextBuilder::new()
+        .timeout(JETSTREAM_ACK_WAIT)
+        .build(client)
+}
+
 /// What every service's `main` does first: install telemetry, listen for the shutdown
 /// signals, and connect to NATS.
 pub async fn start_service(

@@ -63,11 +63,7 @@ impl Hub {
 
 /// Runs all three parts until shutdown.
 pub async fn run(client: async_nats::Client, shutdown: Shutdown) -> anyhow::Result<()> {
-    // A hub busy with thousands of clusters can take more than the default 5 s to
-    // acknowledge a write; waiting longer beats redoing a whole fan-out.
-    let js = jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(30))
-        .build(client.clone());
+    let js = optikon_runtime::jetstream(client.clone());
     let hub = Hub::open(js).await?;
     tracing::info!("selector-router ready");
     tokio::try_join!(

@@ -80,7 +80,9 @@ pub async fn run(config: SimConfig) -> anyhow::Result<()> {
         Some(&subject::edge_inbox_prefix(&config.domain)),
     )
     .await?;
-    let js = jetstream::new(client.clone());
+    // As patient as the prober and executor: a leaf node carrying thousands of simulated
+    // clusters acknowledges later than a site's own leaf.
+    let js = optikon_runtime::jetstream(client.clone());
     let names: Vec<(usize, String)> = config
         .clusters
         .clone()
