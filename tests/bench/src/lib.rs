@@ -54,8 +54,8 @@ pub struct Args {
     /// Leaf nodes carrying the control-plane part's simulated clusters.
     #[arg(long, env = "OPTIKON_BENCH_LEAVES", default_value_t = 4)]
     pub leaves: usize,
-    /// Seconds between one simulated cluster's heartbeats (the health-prober's default is 5).
-    #[arg(long, env = "OPTIKON_BENCH_HEARTBEAT_SECONDS", default_value_t = 5)]
+    /// Seconds between one simulated cluster's heartbeats (the health-prober's default).
+    #[arg(long, env = "OPTIKON_BENCH_HEARTBEAT_SECONDS", default_value_t = 10)]
     pub heartbeat_seconds: u64,
     /// Run only these parts (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]

@@ -345,14 +345,16 @@ fn control_section(out: &mut String, r: &Results) {
         "**Hub memory and the heartbeat load.** Resident memory (RSS) of the hub's \
          nats-server and the router with the hub's streams set up and no cluster registered, \
          then after every cluster registered and heartbeated; \"per 1,000\" is the growth \
-         divided by the clusters. Idle cores: CPU seconds over a {} s window with nothing \
-         asked of the hub but the heartbeats (one KV put per cluster every {} s) and each \
+         divided by the clusters. Idle cores: CPU seconds over a {} s window, once the hub has \
+         settled after the set-up (\"settled\": two 5 s windows in a row used about the same \
+         CPU), with nothing asked of the hub but the heartbeats (one KV put per cluster every {} s) and each \
          cluster's waiting pull for commands (one expiry each way per cluster every 30 s):\n",
         plan.idle_seconds, plan.heartbeat_seconds
     );
     let mut memory = Table::new(&[
         "clusters",
         "set-up",
+        "settled",
         "hub nats RSS",
         "per 1,000",
         "router RSS",
@@ -363,7 +365,7 @@ fn control_section(out: &mut String, r: &Results) {
         "idle leaves",
         "idle agents",
     ])
-    .right_aligned(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    .right_aligned(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     for c in &r.control {
         let per_1000 = |base: f64, now: f64| (now - base) / c.clusters as f64 * 1000.0;
         let idle = |name: &str| {
@@ -375,6 +377,7 @@ fn control_section(out: &mut String, r: &Results) {
         memory.push(vec![
             thousands(c.clusters),
             format!("{:.0} s", c.setup_seconds),
+            format!("{:.0} s", c.settle_seconds),
             format!("{:.0} → {:.0} MiB", c.hub_rss_base_mib, c.hub_rss_mib),
             format!("{:.1} MiB", per_1000(c.hub_rss_base_mib, c.hub_rss_mib)),
             format!("{:.0} → {:.0} MiB", c.router_rss_base_mib, c.router_rss_mib),

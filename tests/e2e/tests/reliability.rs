@@ -38,8 +38,8 @@ use tokio::sync::MutexGuard;
 const CHART: &str = "relchart";
 const V1: &str = "0.1.0";
 const V2: &str = "0.2.0";
-/// The health-prober's default heartbeat interval (the suite keeps it).
-const HEARTBEAT_SECONDS: u64 = 5;
+/// The test bed's heartbeat interval (the suite keeps it).
+const HEARTBEAT_SECONDS: u64 = optikon_testbed::services::TESTBED_HEARTBEAT_SECONDS;
 /// Short intervals for the test bed's executors, so faults show and heal in seconds.
 const DRIFT_CHECK_SECONDS: &str = "2";
 const ACK_WAIT_SECONDS: &str = "9";

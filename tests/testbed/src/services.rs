@@ -10,6 +10,8 @@ use crate::{Error, Testbed};
 
 /// The gateway's listen address variable; the test bed picks a free port for it.
 pub const GATEWAY_LISTEN_ENV: &str = "OPTIKON_GATEWAY_LISTEN";
+/// Seconds between each test-bed site's heartbeats.
+pub const TESTBED_HEARTBEAT_SECONDS: u64 = 5;
 
 /// How to start one service process.
 #[derive(Debug, Clone)]
@@ -73,6 +75,12 @@ impl ServiceSpec {
             });
             let mut prober_env = env;
             prober_env.push(("OPTIKON_CLUSTER_LABELS".into(), labels));
+            // Quicker than the prober's default, so that tests see a cut site go
+            // unreachable sooner; the suites' timings count on this interval.
+            prober_env.push((
+                "OPTIKON_HEARTBEAT_SECONDS".into(),
+                TESTBED_HEARTBEAT_SECONDS.to_string(),
+            ));
             specs.push(ServiceSpec {
                 name: format!("health-prober@{}", edge.site.name),
                 binary: bin.join("health-prober"),
