@@ -240,7 +240,7 @@ impl HookRunner<'_> {
         // Background, as Helm deletes: a Job's pods follow on their own.
         objects::delete(self.client, &placed, PropagationPolicy::Background).await?;
         objects::wait_gone(self.client, std::slice::from_ref(&placed), self.timeout).await?;
-        tracing::info!(hook = %placed.describe(), policy, "hook deleted");
+        tracing::info!(hook = %placed.describe(), policy, "hook object gone, as its delete policy says");
         Ok(())
     }
 
