@@ -1,6 +1,7 @@
-//! Helm parity for hooks: one chart of ours, installed and upgraded through Optikon on one
-//! edge cluster and with the real `helm upgrade --install` on a twin cluster of the same test
-//! bed, must leave the same hook objects, the same release records (hooks and their runs,
+//! Helm parity for hooks: one chart of ours, taken through install, a failing upgrade, rollback
+//! and uninstall (and, apart, a failing install) by Optikon on one edge cluster and by the real
+//! `helm upgrade --install` / `helm rollback` / `helm uninstall` on a twin cluster of the same
+//! test bed, must leave the same hook objects, the same release records (hooks and their runs,
 //! statuses, descriptions) and the same `helm history` and `helm get hooks` output.
 //!
 //! The twin clusters are copenhagen-1 (Optikon, selected by `ID=123`) and copenhagen-2
@@ -62,15 +63,16 @@ spec:
 }
 
 /// The chart: weighted pre-install Jobs and ConfigMaps (one of each with the same name and
-/// weight, so kind breaks the tie), each delete policy, a post-install Pod, a pre-upgrade Job
-/// that fails when asked to, a test hook, and one ordinary object.
-fn chart_files() -> Vec<(&'static str, String)> {
+/// weight, so kind breaks the tie), each delete policy, a post-install Pod, a pre-install and
+/// a pre-upgrade Job that fail when asked to, rollback and delete hooks, a test hook, and one
+/// ordinary object.
+fn chart_files(version: &str) -> Vec<(&'static str, String)> {
     vec![
         (
             "Chart.yaml",
-            "apiVersion: v2\nname: parity\ndescription: Hooks of every kind and policy\nversion: 0.1.0\nappVersion: \"1.0\"\n".into(),
+            format!("apiVersion: v2\nname: parity\ndescription: Hooks of every kind and policy\nversion: {version}\nappVersion: \"1.0\"\n"),
         ),
-        ("values.yaml", "message: hello\nupgradeFails: false\n".into()),
+        ("values.yaml", "message: hello\ninstallFails: false\nupgradeFails: false\n".into()),
         (
             "templates/configmap.yaml",
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-app\ndata:\n  message: {{ .Values.message | quote }}\n".into(),
@@ -95,7 +97,13 @@ data:
             format!(
                 "{}---\n{}---\n{}",
                 job("prepare-late", "pre-install", "5", None, "false"),
-                job("prepare-early", "pre-install", "-5", Some("hook-succeeded"), "false"),
+                job(
+                    "prepare-early",
+                    "pre-install",
+                    "-5",
+                    Some("hook-succeeded"),
+                    ".Values.installFails",
+                ),
                 r#"apiVersion: v1
 kind: ConfigMap
 metadata:
@@ -178,10 +186,15 @@ spec:
     ]
 }
 
-/// Writes and packages the chart with the real helm; returns the archive.
-fn package_chart(testbed: &Testbed, dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+/// Writes and packages the chart with the real helm; returns the archive. Each test packages
+/// its own version: the hub refuses other bytes under a version it already stores.
+fn package_chart(
+    testbed: &Testbed,
+    dir: &Path,
+    version: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     let source = dir.join("parity");
-    for (path, text) in chart_files() {
+    for (path, text) in chart_files(version) {
         let path = source.join(path);
         std::fs::create_dir_all(path.parent().context("chart file has a parent")?)?;
         std::fs::write(path, text)?;
@@ -191,12 +204,12 @@ fn package_chart(testbed: &Testbed, dir: &Path) -> anyhow::Result<std::path::Pat
         .args(["package", "parity"])
         .output()?;
     ensure!(out.status.success(), "helm package: {out:?}");
-    Ok(dir.join("parity-0.1.0.tgz"))
+    Ok(dir.join(format!("parity-{version}.tgz")))
 }
 
 /// The newest release record on one site, decoded.
-async fn newest_record(testbed: &Testbed, site: &str) -> anyhow::Result<HelmRelease> {
-    let secrets: Api<Secret> = Api::namespaced(kube_client(testbed, site).await?, NAMESPACE);
+async fn newest_record(testbed: &Testbed, site: &str, ns: &str) -> anyhow::Result<HelmRelease> {
+    let secrets: Api<Secret> = Api::namespaced(kube_client(testbed, site).await?, ns);
     let list = secrets
         .list(&ListParams::default().labels(&format!("owner=helm,name={RELEASE}")))
         .await?;
@@ -266,11 +279,15 @@ fn run_order(release: &HelmRelease) -> Vec<String> {
 }
 
 /// Which of the chart's hook objects exist on a site.
-async fn hook_objects(testbed: &Testbed, site: &str) -> anyhow::Result<BTreeMap<String, bool>> {
+async fn hook_objects(
+    testbed: &Testbed,
+    site: &str,
+    ns: &str,
+) -> anyhow::Result<BTreeMap<String, bool>> {
     let client = kube_client(testbed, site).await?;
-    let jobs: Api<Job> = Api::namespaced(client.clone(), NAMESPACE);
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
-    let pods: Api<Pod> = Api::namespaced(client, NAMESPACE);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client, ns);
     let mut present = BTreeMap::new();
     for name in [
         "prepare-late",
@@ -306,13 +323,8 @@ struct HistoryRow {
     description: String,
 }
 
-fn history(testbed: &Testbed, site: &str) -> anyhow::Result<Vec<HistoryRow>> {
-    let out = helm(
-        testbed,
-        site,
-        &["history", RELEASE, "-n", NAMESPACE, "-o", "json"],
-    )?
-    .ok()?;
+fn history(testbed: &Testbed, site: &str, ns: &str) -> anyhow::Result<Vec<HistoryRow>> {
+    let out = helm(testbed, site, &["history", RELEASE, "-n", ns, "-o", "json"])?.ok()?;
     let rows: Vec<Value> = serde_json::from_str(&out.stdout)?;
     let text = |row: &Value, key: &str| row[key].as_str().unwrap_or_default().to_owned();
     Ok(rows
@@ -328,9 +340,13 @@ fn history(testbed: &Testbed, site: &str) -> anyhow::Result<Vec<HistoryRow>> {
 }
 
 /// Fails on any difference between the two sites that is not a time or a uid.
-async fn assert_sites_agree(testbed: &Testbed, step: &str) -> anyhow::Result<HelmRelease> {
-    let ours = newest_record(testbed, OPTIKON_SITE).await?;
-    let theirs = newest_record(testbed, HELM_SITE).await?;
+async fn assert_sites_agree(
+    testbed: &Testbed,
+    ns: &str,
+    step: &str,
+) -> anyhow::Result<HelmRelease> {
+    let ours = newest_record(testbed, OPTIKON_SITE, ns).await?;
+    let theirs = newest_record(testbed, HELM_SITE, ns).await?;
     assert_eq!(
         (ours.version, ours.info.status, &ours.info.description),
         (theirs.version, theirs.info.status, &theirs.info.description),
@@ -348,16 +364,16 @@ async fn assert_sites_agree(testbed: &Testbed, step: &str) -> anyhow::Result<Hel
     );
     assert_eq!(ours.manifest, theirs.manifest, "{step}: manifest");
     assert_eq!(
-        hook_objects(testbed, OPTIKON_SITE).await?,
-        hook_objects(testbed, HELM_SITE).await?,
+        hook_objects(testbed, OPTIKON_SITE, ns).await?,
+        hook_objects(testbed, HELM_SITE, ns).await?,
         "{step}: hook objects left on the cluster"
     );
     assert_eq!(
-        history(testbed, OPTIKON_SITE)?,
-        history(testbed, HELM_SITE)?,
+        history(testbed, OPTIKON_SITE, ns)?,
+        history(testbed, HELM_SITE, ns)?,
         "{step}: helm history"
     );
-    let get_hooks = |site| helm(testbed, site, &["get", "hooks", RELEASE, "-n", NAMESPACE]);
+    let get_hooks = |site| helm(testbed, site, &["get", "hooks", RELEASE, "-n", ns]);
     assert_eq!(
         get_hooks(OPTIKON_SITE)?.ok()?.stdout,
         get_hooks(HELM_SITE)?.ok()?.stdout,
@@ -367,12 +383,12 @@ async fn assert_sites_agree(testbed: &Testbed, step: &str) -> anyhow::Result<Hel
 }
 
 /// What Optikon reports for the release on its site.
-fn optikon_status(testbed: &Testbed) -> anyhow::Result<ReleaseStatus> {
+fn optikon_status(testbed: &Testbed, ns: &str) -> anyhow::Result<ReleaseStatus> {
     let out = optikon(testbed, &["status", RELEASE, "-o", "json"])?.ok()?;
     let statuses: Vec<ReleaseStatus> = serde_json::from_str(&out.stdout)?;
     statuses
         .into_iter()
-        .find(|s| s.cluster == OPTIKON_SITE && s.namespace == NAMESPACE)
+        .find(|s| s.cluster == OPTIKON_SITE && s.namespace == ns)
         .with_context(|| format!("optikon status has no {RELEASE} on {OPTIKON_SITE}"))
 }
 
@@ -381,7 +397,7 @@ async fn hooks_run_as_helm_runs_them() -> anyhow::Result<()> {
     let testbed = testbed().await;
     wait_until_healthy(&testbed).await?;
     let dir = tempfile::tempdir()?;
-    let chart = package_chart(&testbed, dir.path())?;
+    let chart = package_chart(&testbed, dir.path(), "0.1.0")?;
     let chart = chart.to_str().context("chart path is UTF-8")?;
 
     // Install: every pre-install hook by weight, then the objects, then the post-install Pod.
@@ -411,7 +427,7 @@ async fn hooks_run_as_helm_runs_them() -> anyhow::Result<()> {
     args.extend(HELM_WAIT);
     helm(&testbed, HELM_SITE, &args)?.ok()?;
 
-    let installed = assert_sites_agree(&testbed, "install").await?;
+    let installed = assert_sites_agree(&testbed, NAMESPACE, "install").await?;
     assert_eq!(installed.info.description, "Install complete");
     assert_eq!(
         run_order(&installed),
@@ -424,7 +440,7 @@ async fn hooks_run_as_helm_runs_them() -> anyhow::Result<()> {
         ],
         "weights first, then names, then kinds in Helm's install order"
     );
-    let objects = hook_objects(&testbed, OPTIKON_SITE).await?;
+    let objects = hook_objects(&testbed, OPTIKON_SITE, NAMESPACE).await?;
     let expected: BTreeMap<String, bool> = [
         ("ConfigMap parity-gone", false),        // post-delete
         ("ConfigMap parity-prepare-late", true), // before-hook-creation (the default) keeps it
@@ -451,7 +467,10 @@ async fn hooks_run_as_helm_runs_them() -> anyhow::Result<()> {
         test_hook.delete_policies.is_empty(),
         "never run, so no default policy"
     );
-    assert_eq!(optikon_status(&testbed)?.state, ReleaseState::Deployed);
+    assert_eq!(
+        optikon_status(&testbed, NAMESPACE)?.state,
+        ReleaseState::Deployed
+    );
 
     // An upgrade whose pre-upgrade Job fails: revision 2 failed, naming the hook; nothing of
     // the upgrade applied; revision 1 stays deployed.
@@ -469,7 +488,10 @@ async fn hooks_run_as_helm_runs_them() -> anyhow::Result<()> {
             "upgradeFails=true",
         ],
     )?;
-    ensure!(out.code != 0, "a failed hook fails the request: {out:?}");
+    ensure!(
+        out.code == 1 && out.stdout.contains(OPTIKON_SITE),
+        "a failed hook fails the request on its cluster: {out:?}"
+    );
     let mut args = vec![
         "upgrade",
         "--install",
@@ -490,25 +512,25 @@ async fn hooks_run_as_helm_runs_them() -> anyhow::Result<()> {
         by_helm.stderr
     );
 
-    let failed = assert_sites_agree(&testbed, "failed upgrade").await?;
+    let failed = assert_sites_agree(&testbed, NAMESPACE, "failed upgrade").await?;
     assert_eq!(
         failed.info.description,
         "Upgrade \"parity\" failed: pre-upgrade hooks failed: 1 error occurred:\n\t* job parity-upgrade-check failed: BackoffLimitExceeded\n\n"
     );
-    let status = optikon_status(&testbed)?;
+    let status = optikon_status(&testbed, NAMESPACE)?;
     assert_eq!(status.state, ReleaseState::Failed, "{status:?}");
     let reason = status.reason.unwrap_or_default();
     ensure!(
         reason.contains("pre-upgrade hooks failed") && reason.contains("parity-upgrade-check"),
         "the reason names the hook: {reason}"
     );
-    let statuses: Vec<String> = history(&testbed, OPTIKON_SITE)?
+    let statuses: Vec<String> = history(&testbed, OPTIKON_SITE, NAMESPACE)?
         .into_iter()
         .map(|h| h.status)
         .collect();
     assert_eq!(statuses, ["deployed", "failed"]);
     assert!(
-        !hook_objects(&testbed, OPTIKON_SITE).await?["Job parity-upgrade-check"],
+        !hook_objects(&testbed, OPTIKON_SITE, NAMESPACE).await?["Job parity-upgrade-check"],
         "hook-failed deleted the failed Job"
     );
 
@@ -529,7 +551,7 @@ async fn hooks_run_as_helm_runs_them() -> anyhow::Result<()> {
     let mut args = vec!["rollback", RELEASE, "1", "-n", NAMESPACE];
     args.extend(HELM_WAIT);
     helm(&testbed, HELM_SITE, &args)?.ok()?;
-    let rolled_back = assert_sites_agree(&testbed, "rollback").await?;
+    let rolled_back = assert_sites_agree(&testbed, NAMESPACE, "rollback").await?;
     assert_eq!(
         (rolled_back.version, rolled_back.info.description.as_str()),
         (3, "Rollback to 1")
@@ -540,7 +562,7 @@ async fn hooks_run_as_helm_runs_them() -> anyhow::Result<()> {
         .find(|h| h.name == "parity-rolled-back")
         .context("the rollback hook is recorded")?;
     assert_eq!(rollback_hook.last_run.phase, HookPhase::Succeeded);
-    assert!(hook_objects(&testbed, OPTIKON_SITE).await?["Job parity-rolled-back"]);
+    assert!(hook_objects(&testbed, OPTIKON_SITE, NAMESPACE).await?["Job parity-rolled-back"]);
 
     // Uninstall (history kept, as Optikon keeps it): pre-delete, the objects, post-delete.
     optikon(
@@ -558,13 +580,100 @@ async fn hooks_run_as_helm_runs_them() -> anyhow::Result<()> {
     let mut args = vec!["uninstall", RELEASE, "-n", NAMESPACE, "--keep-history"];
     args.extend(HELM_WAIT.iter().filter(|a| **a != "--wait-for-jobs"));
     helm(&testbed, HELM_SITE, &args)?.ok()?;
-    let uninstalled = assert_sites_agree(&testbed, "uninstall").await?;
+    let uninstalled = assert_sites_agree(&testbed, NAMESPACE, "uninstall").await?;
     assert_eq!(uninstalled.info.description, "Uninstallation complete");
-    let left = hook_objects(&testbed, OPTIKON_SITE).await?;
+    let left = hook_objects(&testbed, OPTIKON_SITE, NAMESPACE).await?;
     assert!(!left["Job parity-goodbye"], "hook-succeeded");
     assert!(
         left["ConfigMap parity-gone"] && left["Job parity-prepare-late"],
         "hook objects outlive the release, as with helm: {left:?}"
+    );
+    Ok(())
+}
+
+/// A pre-install Job that fails: the install is `failed` on both sides in helm's words, naming
+/// the Job; nothing of the chart is applied; the hooks that ran stay unless a policy says
+/// otherwise (the failed Job's is `hook-succeeded`, so it stays as well).
+#[tokio::test]
+async fn a_failing_pre_install_hook_fails_the_install() -> anyhow::Result<()> {
+    const FAILING: &str = "parity-failing";
+    let testbed = testbed().await;
+    wait_until_healthy(&testbed).await?;
+    let dir = tempfile::tempdir()?;
+    let chart = package_chart(&testbed, dir.path(), "0.2.0")?;
+    let chart = chart.to_str().context("chart path is UTF-8")?;
+
+    let out = optikon(
+        &testbed,
+        &[
+            "install",
+            RELEASE,
+            chart,
+            "-n",
+            FAILING,
+            "-l",
+            OPTIKON_SELECTOR,
+            "--set",
+            "installFails=true",
+        ],
+    )?;
+    ensure!(
+        out.code == 1 && out.stdout.contains(OPTIKON_SITE),
+        "a failed hook fails the request on its cluster: {out:?}"
+    );
+    let mut args = vec![
+        "upgrade",
+        "--install",
+        RELEASE,
+        chart,
+        "-n",
+        FAILING,
+        "--create-namespace",
+        "--set",
+        "installFails=true",
+    ];
+    args.extend(HELM_WAIT);
+    let by_helm = helm(&testbed, HELM_SITE, &args)?;
+    ensure!(by_helm.code != 0, "helm fails the install too: {by_helm:?}");
+    ensure!(
+        by_helm.stderr.contains("failed pre-install")
+            && by_helm.stderr.contains("parity-prepare-early"),
+        "{}",
+        by_helm.stderr
+    );
+
+    let failed = assert_sites_agree(&testbed, FAILING, "failed install").await?;
+    assert_eq!(
+        failed.info.description,
+        "Release \"parity\" failed: failed pre-install: 1 error occurred:\n\t* job parity-prepare-early failed: BackoffLimitExceeded\n\n"
+    );
+    assert_eq!(
+        run_order(&failed),
+        ["ConfigMap parity-settings", "Job parity-prepare-early"]
+    );
+    let objects = hook_objects(&testbed, OPTIKON_SITE, FAILING).await?;
+    assert!(
+        objects["ConfigMap parity-settings"] && objects["Job parity-prepare-early"],
+        "{objects:?}"
+    );
+    assert!(
+        !objects["Job parity-prepare-late"],
+        "never ran: {objects:?}"
+    );
+    for site in [OPTIKON_SITE, HELM_SITE] {
+        let configmaps: Api<ConfigMap> =
+            Api::namespaced(kube_client(&testbed, site).await?, FAILING);
+        assert!(
+            configmaps.get_opt("parity-app").await?.is_none(),
+            "nothing of the chart applied on {site}"
+        );
+    }
+    let status = optikon_status(&testbed, FAILING)?;
+    assert_eq!(status.state, ReleaseState::Failed, "{status:?}");
+    let reason = status.reason.unwrap_or_default();
+    ensure!(
+        reason.contains("failed pre-install") && reason.contains("parity-prepare-early"),
+        "the reason names the hook: {reason}"
     );
     Ok(())
 }
