@@ -311,6 +311,11 @@ async fn releases_on_a_real_cluster() -> Result<()> {
                     .await
                     .context("hook timeout")
             },
+            async {
+                a_failing_rollback_hook_records_a_failed_revision(&bed)
+                    .await
+                    .context("rollback hook")
+            },
         )?;
         eprintln!("other scenarios: {:?}", t.elapsed());
         Ok::<_, anyhow::Error>(())
@@ -901,6 +906,93 @@ spec:
     assert!(configmaps.get_opt("hooked-app").await?.is_some());
     let history = bed.helm_json(&["history", name, "-n", ns])?;
     assert_eq!(history[1]["description"], "Upgrade complete", "{history}");
+    Ok(())
+}
+
+/// A pre-rollback hook that cannot finish: the rollback revision is recorded `failed` (helm
+/// 3.21 would leave it `pending-rollback`, see docs/helm.md), nothing is re-applied, and the
+/// revision rolled away from stays deployed.
+async fn a_failing_rollback_hook_records_a_failed_revision(bed: &Bed) -> Result<()> {
+    let (ns, name) = ("rolling", "rolling");
+    let (_, tgz) = bed.chart(
+        "rolling",
+        "1.0.0",
+        &[
+            ("Chart.yaml", "apiVersion: v2\nname: rolling\nversion: 1.0.0\n"),
+            ("values.yaml", "message: one\n"),
+            (
+                "templates/app.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: rolling-app\ndata:\n  message: {{ .Values.message }}\n",
+            ),
+            (
+                "templates/guard.yaml",
+                r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: rolling-guard
+  annotations:
+    helm.sh/hook: pre-rollback
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      nodeSelector:
+        optikon.dev/no-such-node: "true"
+      containers:
+        - name: guard
+          image: busybox
+"#,
+            ),
+        ],
+    )?;
+    let target = bed.target(Duration::from_secs(60)).await;
+    for (generation, message) in [(1, "one"), (2, "two")] {
+        let outcome = target
+            .execute(
+                &desired(
+                    ns,
+                    name,
+                    generation,
+                    Action::Install,
+                    json!({"message": message}),
+                ),
+                Some(&tgz),
+            )
+            .await?;
+        assert_eq!(outcome.state, ReleaseState::Deployed, "{outcome:?}");
+    }
+    let target = bed.target(Duration::from_secs(5)).await;
+    let mut rollback = desired(ns, name, 3, Action::Rollback, Value::Null);
+    rollback.rollback_to = Some(1);
+    let outcome = target.execute(&rollback, None).await?;
+    assert_eq!(
+        (outcome.state, outcome.revision),
+        (ReleaseState::Failed, Some(3)),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        outcome.reason.as_deref(),
+        Some(
+            "Rollback \"rolling\" failed: 1 error occurred:\n\t* timed out waiting for the \
+             condition\n\n"
+        )
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(bed.client.clone(), ns);
+    let app = configmaps.get("rolling-app").await?;
+    assert_eq!(
+        app.data.and_then(|d| d.get("message").cloned()).as_deref(),
+        Some("two"),
+        "nothing re-applied"
+    );
+    let history = bed.helm_json(&["history", name, "-n", ns])?;
+    let statuses: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["superseded", "deployed", "failed"], "{history}");
     Ok(())
 }
 
