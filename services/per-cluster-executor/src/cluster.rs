@@ -186,8 +186,8 @@ impl Verb {
         }
     }
 
-    /// The hook events around the change, as helm runs them: a first revision is an install,
-    /// every later one an upgrade.
+    /// The hook events around the change, as helm runs them: a revision with no live one
+    /// before it is an install, any other an upgrade.
     fn hook_events(self) -> (HookEvent, HookEvent) {
         match self {
             Verb::Install => (HookEvent::PreInstall, HookEvent::PostInstall),
