@@ -325,7 +325,8 @@ impl fmt::Display for HookEvent {
     }
 }
 
-/// A document annotated `helm.sh/hook`: recorded in the release, never applied by Optikon.
+/// A document annotated `helm.sh/hook`: recorded in the release and run around its changes,
+/// not applied with its objects.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HookObject {
     pub object: ManifestObject,

@@ -249,7 +249,7 @@ pub enum HookPhase {
 }
 
 impl From<&HookObject> for Hook {
-    /// The hook as Helm records it at render time, before (and, in Optikon, without) running.
+    /// The hook as Helm records it at render time, before it runs (`last_run` empty).
     fn from(hook: &HookObject) -> Self {
         Hook {
             name: hook.object.name.clone(),

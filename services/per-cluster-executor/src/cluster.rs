@@ -5,7 +5,8 @@
 //! list), server-side apply in Helm's install order, prune what the previous revision had and
 //! this one lacks, wait for readiness, then record the revision. Rollback re-applies a stored
 //! revision's manifest, as `helm rollback` does. Uninstall deletes and keeps the history, as
-//! `helm uninstall --keep-history` does. Hooks are recorded, never run.
+//! `helm uninstall --keep-history` does. Each of these runs the release's hooks around its
+//! changes as helm does (see `hooks`); test hooks are only recorded, for `helm test`.
 //!
 //! Errors are only for trouble worth a retry (API server unreachable, 5xx, a writer racing
 //! for the same revision). Anything that would fail the same way again is an [`Outcome`] with
@@ -14,6 +15,7 @@
 mod catalog;
 mod drift;
 mod history;
+mod hooks;
 mod objects;
 mod readiness;
 mod render;
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams, PropagationPolicy};
 use optikon_core::chart;
-use optikon_core::manifest::{self, ManifestObject, ObjectKey};
+use optikon_core::manifest::{self, HookEvent, ManifestObject, ObjectKey};
 use optikon_core::message::{Action, ChartSummary, DesiredRelease, ReleaseState, Timestamp};
 use optikon_core::release_record::{HelmChart, HelmRelease, Hook, Info, SecretWrite, Status};
 use serde_json::{Map, Value};
@@ -34,6 +36,7 @@ use time::OffsetDateTime;
 
 use self::catalog::ApiCatalog;
 use self::history::{History, StoredRecord};
+use self::hooks::HookRunner;
 use self::objects::Placed;
 use self::render::RenderRequest;
 
@@ -180,6 +183,16 @@ impl Verb {
             Verb::Install => "Install complete".to_owned(),
             Verb::Upgrade => "Upgrade complete".to_owned(),
             Verb::Rollback(to) => format!("Rollback to {to}"),
+        }
+    }
+
+    /// The hook events around the change, as helm runs them: a revision with no live one
+    /// before it is an install, any other an upgrade.
+    fn hook_events(self) -> (HookEvent, HookEvent) {
+        match self {
+            Verb::Install => (HookEvent::PreInstall, HookEvent::PostInstall),
+            Verb::Upgrade => (HookEvent::PreUpgrade, HookEvent::PostUpgrade),
+            Verb::Rollback(_) => (HookEvent::PreRollback, HookEvent::PostRollback),
         }
     }
 
@@ -571,8 +584,9 @@ impl ClusterTarget {
         .await
     }
 
-    /// Applies, prunes, waits and records a new revision. Before anything is applied a
-    /// failure leaves no record (as with Helm); after, the revision is recorded `failed`.
+    /// Applies, prunes and waits with the hooks around it, then records a new revision. Before
+    /// anything is applied a failure leaves no record (as with Helm); after (a hook counts),
+    /// the revision is recorded `failed`.
     #[allow(clippy::too_many_arguments)]
     async fn carry_out(
         &self,
@@ -593,7 +607,9 @@ impl ClusterTarget {
             Err(Halt::Failed(reason)) => return Ok(Outcome::failed(reason).with_chart(&chart)),
             Err(Halt::Error(error)) => return Err(error),
         };
-        let applied = self.converge(desired, &pending, &prune).await;
+        let applied = self
+            .hooks_around(desired, &mut release.hooks, verb, &pending, &prune)
+            .await;
         match applied {
             Ok(()) => {
                 release.info.status = Status::Deployed;
@@ -622,6 +638,41 @@ impl ClusterTarget {
         }
         self.trim(history, &release.namespace).await;
         Ok(history::outcome_of(&release))
+    }
+
+    /// The pre hooks, the change itself, the post hooks; each hook's run is noted in `hooks`.
+    async fn hooks_around(
+        &self,
+        desired: &DesiredRelease,
+        hooks: &mut [Hook],
+        verb: Verb,
+        pending: &[Pending],
+        prune: &[Placed],
+    ) -> Result<(), Halt> {
+        let (pre, post) = verb.hook_events();
+        self.run_hooks(&desired.namespace, hooks, pre).await?;
+        self.converge(desired, pending, prune).await?;
+        self.run_hooks(&desired.namespace, hooks, post).await
+    }
+
+    /// Runs the hooks of one event; a failure reads as helm's for that event.
+    async fn run_hooks(
+        &self,
+        namespace: &str,
+        hooks: &mut [Hook],
+        event: HookEvent,
+    ) -> Result<(), Halt> {
+        let catalog = self.known_catalog();
+        let runner = HookRunner {
+            client: &self.client,
+            catalog: &catalog,
+            namespace,
+            timeout: self.wait,
+        };
+        runner.run(hooks, event).await.map_err(|halt| match halt {
+            Halt::Failed(error) => Halt::Failed(hooks::failure(event, &error)),
+            other => other,
+        })
     }
 
     /// Everything that can fail before the cluster's workloads change: the namespace, CRDs
@@ -921,8 +972,10 @@ impl ClusterTarget {
         }
     }
 
-    /// Uninstall, keeping the history: delete the objects, wait until gone, mark the newest
-    /// record `uninstalled` (so `helm list` no longer shows the release).
+    /// Uninstall, keeping the history: run the pre-delete hooks, delete the objects, wait
+    /// until gone, run the post-delete hooks, mark the newest record `uninstalled` (so
+    /// `helm list` no longer shows the release). Hook objects stay unless their policy says
+    /// otherwise, as with helm.
     async fn uninstall(
         &self,
         desired: &DesiredRelease,
@@ -966,6 +1019,23 @@ impl ClusterTarget {
             .await?;
 
         let catalog = self.refresh_catalog().await?;
+        match self
+            .run_hooks(namespace, &mut release.hooks, HookEvent::PreDelete)
+            .await
+        {
+            Ok(()) => {}
+            // Helm stops here: the objects stay, the record says `uninstalling`.
+            Err(Halt::Failed(reason)) => {
+                self.update_record(&stored, &release, Some(&desired.request_id))
+                    .await?;
+                return Ok(Outcome {
+                    state: ReleaseState::Failed,
+                    reason: Some(reason),
+                    ..history::outcome_of(&release)
+                });
+            }
+            Err(Halt::Error(error)) => return Err(error),
+        }
         let mut doomed: Vec<ManifestObject> = Vec::new();
         let mut kept = Vec::new();
         let mut seen = BTreeSet::new();
@@ -988,8 +1058,18 @@ impl ClusterTarget {
             }
             objects::wait_gone(&self.client, &placed, self.wait).await
         };
+        let mut errors = Vec::new();
         match deleted.await {
             Ok(()) => {
+                match self
+                    .run_hooks(namespace, &mut release.hooks, HookEvent::PostDelete)
+                    .await
+                {
+                    Ok(()) => {}
+                    // Helm still calls the release uninstalled, and reports the hook.
+                    Err(Halt::Failed(reason)) => errors.push(reason),
+                    Err(Halt::Error(error)) => return Err(error),
+                }
                 release.info.status = Status::Uninstalled;
                 release.info.description = "Uninstallation complete".to_owned();
             }
@@ -1004,6 +1084,12 @@ impl ClusterTarget {
         if release.info.status == Status::Uninstalling {
             outcome.state = ReleaseState::Failed;
             outcome.reason = Some(release.info.description.clone());
+        } else if !errors.is_empty() {
+            outcome.reason = Some(format!(
+                "uninstallation completed with {} error(s): {}",
+                errors.len(),
+                errors.join("; ")
+            ));
         } else if !kept.is_empty() {
             outcome.reason = Some(format!(
                 "kept by their resource policy: {}",

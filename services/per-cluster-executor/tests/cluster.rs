@@ -306,6 +306,16 @@ async fn releases_on_a_real_cluster() -> Result<()> {
                     .await
                     .context("crds, jobs, ownership")
             },
+            async {
+                a_hook_out_of_time_fails_and_runs_again(&bed)
+                    .await
+                    .context("hook timeout")
+            },
+            async {
+                a_failing_rollback_hook_records_a_failed_revision(&bed)
+                    .await
+                    .context("rollback hook")
+            },
         )?;
         eprintln!("other scenarios: {:?}", t.elapsed());
         Ok::<_, anyhow::Error>(())
@@ -773,6 +783,216 @@ async fn readiness_deadline_records_a_failed_revision(bed: &Bed) -> Result<()> {
     );
     let history = bed.helm_json(&["history", name, "-n", ns])?;
     assert_eq!(history[1]["description"], "Upgrade complete", "{history}");
+    Ok(())
+}
+
+/// The newest release record, decoded.
+async fn newest_record(
+    bed: &Bed,
+    namespace: &str,
+    release: &str,
+) -> Result<optikon_core::release_record::HelmRelease> {
+    let api: Api<Secret> = Api::namespaced(bed.client.clone(), namespace);
+    let name = bed
+        .release_secrets(namespace, release)
+        .await?
+        .into_iter()
+        .max_by_key(|n| n.rsplit(".v").next().and_then(|v| v.parse::<u32>().ok()))
+        .context("no release record")?;
+    let secret = api.get(&name).await?;
+    let data = secret
+        .data
+        .and_then(|d| d.get("release").cloned())
+        .context("record without data")?;
+    Ok(optikon_core::release_record::decode(&data.0)?)
+}
+
+/// A pre-install Job that cannot be scheduled: the hook runs out of the release's wait and
+/// the install fails in helm's words, before any object is applied. The next generation is an
+/// upgrade (as `helm upgrade --install` after a failed install); its hook deletes the stuck
+/// Job first (the default `before-hook-creation`) and this time completes.
+async fn a_hook_out_of_time_fails_and_runs_again(bed: &Bed) -> Result<()> {
+    let (ns, name) = ("hooked", "hooked");
+    let (_, tgz) = bed.chart(
+        "hooked",
+        "1.0.0",
+        &[
+            (
+                "Chart.yaml",
+                "apiVersion: v2\nname: hooked\nversion: 1.0.0\n",
+            ),
+            ("values.yaml", "nodeSelector: {}\n"),
+            (
+                "templates/app.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hooked-app\n",
+            ),
+            (
+                "templates/setup.yaml",
+                r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: hooked-setup
+  annotations:
+    helm.sh/hook: pre-install,pre-upgrade
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      {{- with .Values.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: setup
+          image: busybox
+"#,
+            ),
+        ],
+    )?;
+    let target = bed.target(Duration::from_secs(5)).await;
+    let stuck = json!({"nodeSelector": {"optikon.dev/no-such-node": "true"}});
+    let outcome = target
+        .execute(&desired(ns, name, 1, Action::Install, stuck), Some(&tgz))
+        .await?;
+    assert_eq!(
+        (outcome.state, outcome.revision),
+        (ReleaseState::Failed, Some(1)),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        outcome.reason.as_deref(),
+        Some(
+            "Release \"hooked\" failed: failed pre-install: 1 error occurred:\n\t* timed out \
+             waiting for the condition\n\n"
+        )
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(bed.client.clone(), ns);
+    assert!(
+        configmaps.get_opt("hooked-app").await?.is_none(),
+        "nothing applied"
+    );
+    let record = newest_record(bed, ns, name).await?;
+    let hook = &record.hooks[0];
+    assert_eq!(
+        hook.last_run.phase,
+        optikon_core::release_record::HookPhase::Failed
+    );
+    assert!(hook.last_run.completed_at >= hook.last_run.started_at);
+    assert_eq!(hook.delete_policies, ["before-hook-creation"]);
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(bed.client.clone(), ns);
+    let first_uid = jobs.get("hooked-setup").await?.metadata.uid;
+
+    let target = bed.target(Duration::from_secs(60)).await;
+    let outcome = target
+        .execute(
+            &desired(ns, name, 2, Action::Install, json!({})),
+            Some(&tgz),
+        )
+        .await?;
+    assert_eq!(
+        (outcome.state, outcome.revision),
+        (ReleaseState::Deployed, Some(2)),
+        "{outcome:?}"
+    );
+    let job = jobs.get("hooked-setup").await?;
+    assert_ne!(job.metadata.uid, first_uid, "made anew");
+    assert_eq!(job.status.and_then(|s| s.succeeded), Some(1));
+    let record = newest_record(bed, ns, name).await?;
+    assert_eq!(
+        record.hooks[0].last_run.phase,
+        optikon_core::release_record::HookPhase::Succeeded
+    );
+    assert!(configmaps.get_opt("hooked-app").await?.is_some());
+    let history = bed.helm_json(&["history", name, "-n", ns])?;
+    assert_eq!(history[1]["description"], "Upgrade complete", "{history}");
+    Ok(())
+}
+
+/// A pre-rollback hook that cannot finish: the rollback revision is recorded `failed` (helm
+/// 3.21 would leave it `pending-rollback`, see docs/helm.md), nothing is re-applied, and the
+/// revision rolled away from stays deployed.
+async fn a_failing_rollback_hook_records_a_failed_revision(bed: &Bed) -> Result<()> {
+    let (ns, name) = ("rolling", "rolling");
+    let (_, tgz) = bed.chart(
+        "rolling",
+        "1.0.0",
+        &[
+            ("Chart.yaml", "apiVersion: v2\nname: rolling\nversion: 1.0.0\n"),
+            ("values.yaml", "message: one\n"),
+            (
+                "templates/app.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: rolling-app\ndata:\n  message: {{ .Values.message }}\n",
+            ),
+            (
+                "templates/guard.yaml",
+                r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: rolling-guard
+  annotations:
+    helm.sh/hook: pre-rollback
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      nodeSelector:
+        optikon.dev/no-such-node: "true"
+      containers:
+        - name: guard
+          image: busybox
+"#,
+            ),
+        ],
+    )?;
+    let target = bed.target(Duration::from_secs(60)).await;
+    for (generation, message) in [(1, "one"), (2, "two")] {
+        let outcome = target
+            .execute(
+                &desired(
+                    ns,
+                    name,
+                    generation,
+                    Action::Install,
+                    json!({"message": message}),
+                ),
+                Some(&tgz),
+            )
+            .await?;
+        assert_eq!(outcome.state, ReleaseState::Deployed, "{outcome:?}");
+    }
+    let target = bed.target(Duration::from_secs(5)).await;
+    let mut rollback = desired(ns, name, 3, Action::Rollback, Value::Null);
+    rollback.rollback_to = Some(1);
+    let outcome = target.execute(&rollback, None).await?;
+    assert_eq!(
+        (outcome.state, outcome.revision),
+        (ReleaseState::Failed, Some(3)),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        outcome.reason.as_deref(),
+        Some(
+            "Rollback \"rolling\" failed: 1 error occurred:\n\t* timed out waiting for the \
+             condition\n\n"
+        )
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(bed.client.clone(), ns);
+    let app = configmaps.get("rolling-app").await?;
+    assert_eq!(
+        app.data.and_then(|d| d.get("message").cloned()).as_deref(),
+        Some("two"),
+        "nothing re-applied"
+    );
+    let history = bed.helm_json(&["history", name, "-n", ns])?;
+    let statuses: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["superseded", "deployed", "failed"], "{history}");
     Ok(())
 }
 

@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, PropagationPolicy,
+};
 use kube::discovery::ApiResource;
 use optikon_core::manifest::{ManifestObject, ObjectKey};
 use serde_json::{Map, Value};
@@ -60,7 +62,7 @@ impl Placed {
             .unwrap_or_default()
     }
 
-    fn api(&self, client: &kube::Client) -> Api<DynamicObject> {
+    pub fn api(&self, client: &kube::Client) -> Api<DynamicObject> {
         match &self.namespace {
             Some(namespace) => Api::namespaced_with(client.clone(), namespace, &self.resource),
             None => Api::all_with(client.clone(), &self.resource),
@@ -266,6 +268,21 @@ pub(crate) async fn apply(
         })?;
     tracing::debug!(object = %placed.describe(), "applied");
     Ok(serde_json::to_value(live).unwrap_or_default())
+}
+
+/// Creates the object as given, without Helm's ownership marks, as Helm creates a hook: an
+/// object already there is refused by the API server, not taken over. Returns the live object.
+pub(crate) async fn create(
+    client: &kube::Client,
+    placed: &Placed,
+) -> Result<DynamicObject, kube::Error> {
+    let body = apply_body(placed, None);
+    let object: DynamicObject = serde_json::from_value(body).map_err(kube::Error::SerdeError)?;
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    placed.api(client).create(&params, &object).await
 }
 
 /// Whether the object exists. A 404 for the resource itself (its CRD is gone, so the API

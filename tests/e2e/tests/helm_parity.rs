@@ -1,0 +1,679 @@
+//! Helm parity for hooks: one chart of ours, taken through install, a failing upgrade, rollback
+//! and uninstall (and, apart, a failing install) by Optikon on one edge cluster and by the real
+//! `helm upgrade --install` / `helm rollback` / `helm uninstall` on a twin cluster of the same
+//! test bed, must leave the same hook objects, the same release records (hooks and their runs,
+//! statuses, descriptions) and the same `helm history` and `helm get hooks` output.
+//!
+//! The twin clusters are copenhagen-1 (Optikon, selected by `ID=123`) and copenhagen-2
+//! (helm by hand). Timestamps and uids differ and are left out of every comparison.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, ensure};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, ListParams};
+use optikon_core::message::{ReleaseState, ReleaseStatus};
+use optikon_core::release_record::{self, HelmRelease, HookPhase};
+use optikon_e2e::{helm, kube_client, optikon, testbed, wait_until_healthy};
+use optikon_testbed::Testbed;
+use serde_json::Value;
+
+const RELEASE: &str = "parity";
+const NAMESPACE: &str = "parity";
+/// Optikon's side, and the selector that picks only it.
+const OPTIKON_SITE: &str = "copenhagen-1";
+const OPTIKON_SELECTOR: &str = "ID=123";
+/// Where the real helm runs.
+const HELM_SITE: &str = "copenhagen-2";
+/// helm waits as Optikon does (`DEFAULT_WAIT`), for hooks and for the release.
+const HELM_WAIT: &[&str] = &["--wait", "--wait-for-jobs", "--timeout", "120s"];
+
+/// A Job of the chart; `fails` makes its pod fail (the test bed's kwok stage for that label).
+fn job(name: &str, hook: &str, weight: &str, policy: Option<&str>, fails: &str) -> String {
+    let policy = policy
+        .map(|p| format!("\n    \"helm.sh/hook-delete-policy\": {p}"))
+        .unwrap_or_default();
+    format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{{{ .Release.Name }}}}-{name}
+  annotations:
+    "helm.sh/hook": {hook}
+    "helm.sh/hook-weight": "{weight}"{policy}
+spec:
+  backoffLimit: 0
+  template:
+    metadata:
+      labels:
+        app.kubernetes.io/instance: {{{{ .Release.Name }}}}-hooks
+        {{{{- if {fails} }}}}
+        pod-container-running-failed.stage.kwok.x-k8s.io: "true"
+        {{{{- end }}}}
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: {name}
+          image: busybox:1.36
+          command: ["sh", "-c", "echo {name}"]
+"#
+    )
+}
+
+/// The chart: weighted pre-install Jobs and ConfigMaps (one of each with the same name and
+/// weight, so kind breaks the tie), each delete policy, a post-install Pod, a pre-install and
+/// a pre-upgrade Job that fail when asked to, rollback and delete hooks, a test hook, and one
+/// ordinary object.
+fn chart_files(version: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "Chart.yaml",
+            format!("apiVersion: v2\nname: parity\ndescription: Hooks of every kind and policy\nversion: {version}\nappVersion: \"1.0\"\n"),
+        ),
+        ("values.yaml", "message: hello\ninstallFails: false\nupgradeFails: false\n".into()),
+        (
+            "templates/configmap.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-app\ndata:\n  message: {{ .Values.message | quote }}\n".into(),
+        ),
+        (
+            "templates/hooks/settings.yaml",
+            r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-settings
+  annotations:
+    "helm.sh/hook": pre-install
+    "helm.sh/hook-weight": "-10"
+    "helm.sh/hook-delete-policy": hook-failed
+data:
+  message: {{ .Values.message | quote }}
+"#
+            .into(),
+        ),
+        (
+            "templates/hooks/prepare.yaml",
+            format!(
+                "{}---\n{}---\n{}",
+                job("prepare-late", "pre-install", "5", None, "false"),
+                job(
+                    "prepare-early",
+                    "pre-install",
+                    "-5",
+                    Some("hook-succeeded"),
+                    ".Values.installFails",
+                ),
+                r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-prepare-late
+  annotations:
+    "helm.sh/hook": pre-install
+    "helm.sh/hook-weight": "5"
+data:
+  step: late
+"#
+            ),
+        ),
+        (
+            "templates/hooks/announce.yaml",
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {{ .Release.Name }}-announce
+  labels:
+    app.kubernetes.io/instance: {{ .Release.Name }}-hooks
+  annotations:
+    "helm.sh/hook": post-install
+    "helm.sh/hook-delete-policy": hook-succeeded,hook-failed
+spec:
+  restartPolicy: Never
+  containers:
+    - name: announce
+      image: busybox:1.36
+      command: ["sh", "-c", "echo installed"]
+"#
+            .into(),
+        ),
+        (
+            "templates/hooks/upgrade-check.yaml",
+            job(
+                "upgrade-check",
+                "pre-upgrade",
+                "0",
+                Some("hook-failed"),
+                ".Values.upgradeFails",
+            ),
+        ),
+        (
+            "templates/hooks/rollback.yaml",
+            job("rolled-back", "pre-rollback,post-rollback", "1", None, "false"),
+        ),
+        (
+            "templates/hooks/delete.yaml",
+            format!(
+                "{}---\n{}",
+                job("goodbye", "pre-delete", "0", Some("hook-succeeded"), "false"),
+                r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-gone
+  annotations:
+    "helm.sh/hook": post-delete
+data:
+  gone: "true"
+"#
+            ),
+        ),
+        (
+            "templates/tests/test-app.yaml",
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {{ .Release.Name }}-test-app
+  annotations:
+    "helm.sh/hook": test
+spec:
+  restartPolicy: Never
+  containers:
+    - name: test
+      image: busybox:1.36
+      command: ["sh", "-c", "true"]
+"#
+            .into(),
+        ),
+    ]
+}
+
+/// Writes and packages the chart with the real helm; returns the archive. Each test packages
+/// its own version: the hub refuses other bytes under a version it already stores.
+fn package_chart(
+    testbed: &Testbed,
+    dir: &Path,
+    version: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let source = dir.join("parity");
+    for (path, text) in chart_files(version) {
+        let path = source.join(path);
+        std::fs::create_dir_all(path.parent().context("chart file has a parent")?)?;
+        std::fs::write(path, text)?;
+    }
+    let out = std::process::Command::new(testbed.tools().get("helm")?)
+        .current_dir(dir)
+        .args(["package", "parity"])
+        .output()?;
+    ensure!(out.status.success(), "helm package: {out:?}");
+    Ok(dir.join(format!("parity-{version}.tgz")))
+}
+
+/// The newest release record on one site, decoded.
+async fn newest_record(testbed: &Testbed, site: &str, ns: &str) -> anyhow::Result<HelmRelease> {
+    let secrets: Api<Secret> = Api::namespaced(kube_client(testbed, site).await?, ns);
+    let list = secrets
+        .list(&ListParams::default().labels(&format!("owner=helm,name={RELEASE}")))
+        .await?;
+    let newest = list
+        .items
+        .into_iter()
+        .max_by_key(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("version"))
+                .and_then(|v| v.parse::<u32>().ok())
+        })
+        .with_context(|| format!("no release record of {RELEASE} on {site}"))?;
+    let data = newest
+        .data
+        .as_ref()
+        .and_then(|d| d.get(release_record::SECRET_DATA_KEY))
+        .context("release Secret without data")?;
+    Ok(release_record::decode(&data.0)?)
+}
+
+/// A recorded hook without its times.
+#[derive(Debug, PartialEq)]
+struct RecordedHook {
+    kind: String,
+    name: String,
+    path: String,
+    events: String,
+    weight: i64,
+    delete_policies: String,
+    phase: HookPhase,
+}
+
+fn hooks_of(release: &HelmRelease) -> Vec<RecordedHook> {
+    release
+        .hooks
+        .iter()
+        .map(|h| {
+            let events: Vec<&str> = h.events.iter().map(|e| e.as_str()).collect();
+            RecordedHook {
+                kind: h.kind.clone(),
+                name: h.name.clone(),
+                path: h.path.clone(),
+                events: events.join(","),
+                weight: h.weight,
+                delete_policies: h.delete_policies.join(","),
+                phase: h.last_run.phase,
+            }
+        })
+        .collect()
+}
+
+/// The hooks that ran, in the order they started.
+fn run_order(release: &HelmRelease) -> Vec<String> {
+    let mut ran: Vec<_> = release
+        .hooks
+        .iter()
+        .filter_map(|h| {
+            h.last_run
+                .started_at
+                .map(|at| (at, format!("{} {}", h.kind, h.name)))
+        })
+        .collect();
+    ran.sort();
+    ran.into_iter().map(|(_, hook)| hook).collect()
+}
+
+/// Which of the chart's hook objects exist on a site.
+async fn hook_objects(
+    testbed: &Testbed,
+    site: &str,
+    ns: &str,
+) -> anyhow::Result<BTreeMap<String, bool>> {
+    let client = kube_client(testbed, site).await?;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client, ns);
+    let mut present = BTreeMap::new();
+    for name in [
+        "prepare-late",
+        "prepare-early",
+        "upgrade-check",
+        "rolled-back",
+        "goodbye",
+    ] {
+        let name = format!("{RELEASE}-{name}");
+        present.insert(format!("Job {name}"), jobs.get_opt(&name).await?.is_some());
+    }
+    for name in ["settings", "prepare-late", "gone"] {
+        let name = format!("{RELEASE}-{name}");
+        present.insert(
+            format!("ConfigMap {name}"),
+            configmaps.get_opt(&name).await?.is_some(),
+        );
+    }
+    for name in ["announce", "test-app"] {
+        let name = format!("{RELEASE}-{name}");
+        present.insert(format!("Pod {name}"), pods.get_opt(&name).await?.is_some());
+    }
+    Ok(present)
+}
+
+/// One row of `helm history` without its time.
+#[derive(Debug, PartialEq)]
+struct HistoryRow {
+    revision: u64,
+    status: String,
+    chart: String,
+    app_version: String,
+    description: String,
+}
+
+fn history(testbed: &Testbed, site: &str, ns: &str) -> anyhow::Result<Vec<HistoryRow>> {
+    let out = helm(testbed, site, &["history", RELEASE, "-n", ns, "-o", "json"])?.ok()?;
+    let rows: Vec<Value> = serde_json::from_str(&out.stdout)?;
+    let text = |row: &Value, key: &str| row[key].as_str().unwrap_or_default().to_owned();
+    Ok(rows
+        .iter()
+        .map(|r| HistoryRow {
+            revision: r["revision"].as_u64().unwrap_or_default(),
+            status: text(r, "status"),
+            chart: text(r, "chart"),
+            app_version: text(r, "app_version"),
+            description: text(r, "description"),
+        })
+        .collect())
+}
+
+/// Fails on any difference between the two sites that is not a time or a uid.
+async fn assert_sites_agree(
+    testbed: &Testbed,
+    ns: &str,
+    step: &str,
+) -> anyhow::Result<HelmRelease> {
+    let ours = newest_record(testbed, OPTIKON_SITE, ns).await?;
+    let theirs = newest_record(testbed, HELM_SITE, ns).await?;
+    assert_eq!(
+        (ours.version, ours.info.status, &ours.info.description),
+        (theirs.version, theirs.info.status, &theirs.info.description),
+        "{step}: revision, status and description"
+    );
+    assert_eq!(
+        hooks_of(&ours),
+        hooks_of(&theirs),
+        "{step}: recorded hooks and their last runs"
+    );
+    assert_eq!(
+        run_order(&ours),
+        run_order(&theirs),
+        "{step}: the order hooks ran in"
+    );
+    assert_eq!(ours.manifest, theirs.manifest, "{step}: manifest");
+    assert_eq!(
+        hook_objects(testbed, OPTIKON_SITE, ns).await?,
+        hook_objects(testbed, HELM_SITE, ns).await?,
+        "{step}: hook objects left on the cluster"
+    );
+    assert_eq!(
+        history(testbed, OPTIKON_SITE, ns)?,
+        history(testbed, HELM_SITE, ns)?,
+        "{step}: helm history"
+    );
+    let get_hooks = |site| helm(testbed, site, &["get", "hooks", RELEASE, "-n", ns]);
+    assert_eq!(
+        get_hooks(OPTIKON_SITE)?.ok()?.stdout,
+        get_hooks(HELM_SITE)?.ok()?.stdout,
+        "{step}: helm get hooks"
+    );
+    Ok(ours)
+}
+
+/// What Optikon reports for the release on its site.
+fn optikon_status(testbed: &Testbed, ns: &str) -> anyhow::Result<ReleaseStatus> {
+    let out = optikon(testbed, &["status", RELEASE, "-o", "json"])?.ok()?;
+    let statuses: Vec<ReleaseStatus> = serde_json::from_str(&out.stdout)?;
+    statuses
+        .into_iter()
+        .find(|s| s.cluster == OPTIKON_SITE && s.namespace == ns)
+        .with_context(|| format!("optikon status has no {RELEASE} on {OPTIKON_SITE}"))
+}
+
+#[tokio::test]
+async fn hooks_run_as_helm_runs_them() -> anyhow::Result<()> {
+    let testbed = testbed().await;
+    wait_until_healthy(&testbed).await?;
+    let dir = tempfile::tempdir()?;
+    let chart = package_chart(&testbed, dir.path(), "0.1.0")?;
+    let chart = chart.to_str().context("chart path is UTF-8")?;
+
+    // Install: every pre-install hook by weight, then the objects, then the post-install Pod.
+    let out = optikon(
+        &testbed,
+        &[
+            "install",
+            RELEASE,
+            chart,
+            "-n",
+            NAMESPACE,
+            "-l",
+            OPTIKON_SELECTOR,
+        ],
+    )?
+    .ok()?;
+    ensure!(out.stdout.contains(OPTIKON_SITE), "{}", out.stdout);
+    let mut args = vec![
+        "upgrade",
+        "--install",
+        RELEASE,
+        chart,
+        "-n",
+        NAMESPACE,
+        "--create-namespace",
+    ];
+    args.extend(HELM_WAIT);
+    helm(&testbed, HELM_SITE, &args)?.ok()?;
+
+    let installed = assert_sites_agree(&testbed, NAMESPACE, "install").await?;
+    assert_eq!(installed.info.description, "Install complete");
+    assert_eq!(
+        run_order(&installed),
+        [
+            "ConfigMap parity-settings",
+            "Job parity-prepare-early",
+            "ConfigMap parity-prepare-late",
+            "Job parity-prepare-late",
+            "Pod parity-announce",
+        ],
+        "weights first, then names, then kinds in Helm's install order"
+    );
+    let objects = hook_objects(&testbed, OPTIKON_SITE, NAMESPACE).await?;
+    let expected: BTreeMap<String, bool> = [
+        ("ConfigMap parity-gone", false),        // post-delete
+        ("ConfigMap parity-prepare-late", true), // before-hook-creation (the default) keeps it
+        ("ConfigMap parity-settings", true),     // hook-failed, and it succeeded
+        ("Job parity-goodbye", false),           // pre-delete
+        ("Job parity-prepare-early", false),     // hook-succeeded
+        ("Job parity-prepare-late", true),
+        ("Job parity-rolled-back", false), // pre- and post-rollback
+        ("Job parity-upgrade-check", false), // pre-upgrade
+        ("Pod parity-announce", false),    // hook-succeeded
+        ("Pod parity-test-app", false),    // test hooks wait for `helm test`
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(objects, expected);
+    let test_hook = installed
+        .hooks
+        .iter()
+        .find(|h| h.name == "parity-test-app")
+        .context("the test hook is recorded")?;
+    assert_eq!(test_hook.last_run.phase, HookPhase::NotRun);
+    assert!(
+        test_hook.delete_policies.is_empty(),
+        "never run, so no default policy"
+    );
+    assert_eq!(
+        optikon_status(&testbed, NAMESPACE)?.state,
+        ReleaseState::Deployed
+    );
+
+    // An upgrade whose pre-upgrade Job fails: revision 2 failed, naming the hook; nothing of
+    // the upgrade applied; revision 1 stays deployed.
+    let out = optikon(
+        &testbed,
+        &[
+            "upgrade",
+            RELEASE,
+            chart,
+            "-n",
+            NAMESPACE,
+            "-l",
+            OPTIKON_SELECTOR,
+            "--set",
+            "upgradeFails=true",
+        ],
+    )?;
+    ensure!(
+        out.code == 1 && out.stdout.contains(OPTIKON_SITE),
+        "a failed hook fails the request on its cluster: {out:?}"
+    );
+    let mut args = vec![
+        "upgrade",
+        "--install",
+        RELEASE,
+        chart,
+        "-n",
+        NAMESPACE,
+        "--set",
+        "upgradeFails=true",
+    ];
+    args.extend(HELM_WAIT);
+    let by_helm = helm(&testbed, HELM_SITE, &args)?;
+    ensure!(by_helm.code != 0, "helm fails the upgrade too: {by_helm:?}");
+    ensure!(
+        by_helm.stderr.contains("pre-upgrade hooks failed")
+            && by_helm.stderr.contains("parity-upgrade-check"),
+        "{}",
+        by_helm.stderr
+    );
+
+    let failed = assert_sites_agree(&testbed, NAMESPACE, "failed upgrade").await?;
+    assert_eq!(
+        failed.info.description,
+        "Upgrade \"parity\" failed: pre-upgrade hooks failed: 1 error occurred:\n\t* job parity-upgrade-check failed: BackoffLimitExceeded\n\n"
+    );
+    let status = optikon_status(&testbed, NAMESPACE)?;
+    assert_eq!(status.state, ReleaseState::Failed, "{status:?}");
+    let reason = status.reason.unwrap_or_default();
+    ensure!(
+        reason.contains("pre-upgrade hooks failed") && reason.contains("parity-upgrade-check"),
+        "the reason names the hook: {reason}"
+    );
+    let statuses: Vec<String> = history(&testbed, OPTIKON_SITE, NAMESPACE)?
+        .into_iter()
+        .map(|h| h.status)
+        .collect();
+    assert_eq!(statuses, ["deployed", "failed"]);
+    assert!(
+        !hook_objects(&testbed, OPTIKON_SITE, NAMESPACE).await?["Job parity-upgrade-check"],
+        "hook-failed deleted the failed Job"
+    );
+
+    // Back to revision 1: its hooks (as recorded then) run for pre- and post-rollback.
+    optikon(
+        &testbed,
+        &[
+            "rollback",
+            RELEASE,
+            "1",
+            "-n",
+            NAMESPACE,
+            "-l",
+            OPTIKON_SELECTOR,
+        ],
+    )?
+    .ok()?;
+    let mut args = vec!["rollback", RELEASE, "1", "-n", NAMESPACE];
+    args.extend(HELM_WAIT);
+    helm(&testbed, HELM_SITE, &args)?.ok()?;
+    let rolled_back = assert_sites_agree(&testbed, NAMESPACE, "rollback").await?;
+    assert_eq!(
+        (rolled_back.version, rolled_back.info.description.as_str()),
+        (3, "Rollback to 1")
+    );
+    let rollback_hook = rolled_back
+        .hooks
+        .iter()
+        .find(|h| h.name == "parity-rolled-back")
+        .context("the rollback hook is recorded")?;
+    assert_eq!(rollback_hook.last_run.phase, HookPhase::Succeeded);
+    assert!(hook_objects(&testbed, OPTIKON_SITE, NAMESPACE).await?["Job parity-rolled-back"]);
+
+    // Uninstall (history kept, as Optikon keeps it): pre-delete, the objects, post-delete.
+    optikon(
+        &testbed,
+        &[
+            "uninstall",
+            RELEASE,
+            "-n",
+            NAMESPACE,
+            "-l",
+            OPTIKON_SELECTOR,
+        ],
+    )?
+    .ok()?;
+    let mut args = vec!["uninstall", RELEASE, "-n", NAMESPACE, "--keep-history"];
+    args.extend(HELM_WAIT.iter().filter(|a| **a != "--wait-for-jobs"));
+    helm(&testbed, HELM_SITE, &args)?.ok()?;
+    let uninstalled = assert_sites_agree(&testbed, NAMESPACE, "uninstall").await?;
+    assert_eq!(uninstalled.info.description, "Uninstallation complete");
+    let left = hook_objects(&testbed, OPTIKON_SITE, NAMESPACE).await?;
+    assert!(!left["Job parity-goodbye"], "hook-succeeded");
+    assert!(
+        left["ConfigMap parity-gone"] && left["Job parity-prepare-late"],
+        "hook objects outlive the release, as with helm: {left:?}"
+    );
+    Ok(())
+}
+
+/// A pre-install Job that fails: the install is `failed` on both sides in helm's words, naming
+/// the Job; nothing of the chart is applied; the hooks that ran stay unless a policy says
+/// otherwise (the failed Job's is `hook-succeeded`, so it stays as well).
+#[tokio::test]
+async fn a_failing_pre_install_hook_fails_the_install() -> anyhow::Result<()> {
+    const FAILING: &str = "parity-failing";
+    let testbed = testbed().await;
+    wait_until_healthy(&testbed).await?;
+    let dir = tempfile::tempdir()?;
+    let chart = package_chart(&testbed, dir.path(), "0.2.0")?;
+    let chart = chart.to_str().context("chart path is UTF-8")?;
+
+    let out = optikon(
+        &testbed,
+        &[
+            "install",
+            RELEASE,
+            chart,
+            "-n",
+            FAILING,
+            "-l",
+            OPTIKON_SELECTOR,
+            "--set",
+            "installFails=true",
+        ],
+    )?;
+    ensure!(
+        out.code == 1 && out.stdout.contains(OPTIKON_SITE),
+        "a failed hook fails the request on its cluster: {out:?}"
+    );
+    let mut args = vec![
+        "upgrade",
+        "--install",
+        RELEASE,
+        chart,
+        "-n",
+        FAILING,
+        "--create-namespace",
+        "--set",
+        "installFails=true",
+    ];
+    args.extend(HELM_WAIT);
+    let by_helm = helm(&testbed, HELM_SITE, &args)?;
+    ensure!(by_helm.code != 0, "helm fails the install too: {by_helm:?}");
+    ensure!(
+        by_helm.stderr.contains("failed pre-install")
+            && by_helm.stderr.contains("parity-prepare-early"),
+        "{}",
+        by_helm.stderr
+    );
+
+    let failed = assert_sites_agree(&testbed, FAILING, "failed install").await?;
+    assert_eq!(
+        failed.info.description,
+        "Release \"parity\" failed: failed pre-install: 1 error occurred:\n\t* job parity-prepare-early failed: BackoffLimitExceeded\n\n"
+    );
+    assert_eq!(
+        run_order(&failed),
+        ["ConfigMap parity-settings", "Job parity-prepare-early"]
+    );
+    let objects = hook_objects(&testbed, OPTIKON_SITE, FAILING).await?;
+    assert!(
+        objects["ConfigMap parity-settings"] && objects["Job parity-prepare-early"],
+        "{objects:?}"
+    );
+    assert!(
+        !objects["Job parity-prepare-late"],
+        "never ran: {objects:?}"
+    );
+    for site in [OPTIKON_SITE, HELM_SITE] {
+        let configmaps: Api<ConfigMap> =
+            Api::namespaced(kube_client(&testbed, site).await?, FAILING);
+        assert!(
+            configmaps.get_opt("parity-app").await?.is_none(),
+            "nothing of the chart applied on {site}"
+        );
+    }
+    let status = optikon_status(&testbed, FAILING)?;
+    assert_eq!(status.state, ReleaseState::Failed, "{status:?}");
+    let reason = status.reason.unwrap_or_default();
+    ensure!(
+        reason.contains("failed pre-install") && reason.contains("parity-prepare-early"),
+        "the reason names the hook: {reason}"
+    );
+    Ok(())
+}
