@@ -98,6 +98,13 @@ pub async fn downlink(
             _ = shutdown.wait() => return,
         };
         let answered = !matches!(outcome, Pull::Unanswered | Pull::NoRoute);
+        if matches!(outcome, Pull::Delivered { at_limit: true }) {
+            // The hub held as many commands for this cluster as it keeps: older ones may
+            // have been dropped unseen, even if this link never looked down (a cut shorter
+            // than one pull). Registering as returning makes the router check and resend.
+            tracing::info!(cluster = %cluster, "the hub held a full backlog of commands; asking it to check for dropped ones");
+            link_returned.notify_one();
+        }
         if link_up != Some(answered) {
             if answered {
                 tracing::info!(cluster = %cluster, "commands from the hub flow");
@@ -115,7 +122,7 @@ pub async fn downlink(
             PROBE_EXPIRES
         };
         match outcome {
-            Pull::Delivered | Pull::Expired => {}
+            Pull::Delivered { .. } | Pull::Expired => {}
             Pull::Unanswered => {}
             Pull::NoRoute | Pull::Refused(_) | Pull::LocalFailure(_) => {
                 if let Pull::Refused(reason) | Pull::LocalFailure(reason) = &outcome {
@@ -133,8 +140,10 @@ pub async fn downlink(
 /// What one pull came to.
 #[derive(Debug)]
 enum Pull {
-    /// At least one command arrived and was stored.
-    Delivered,
+    /// At least one command arrived and was stored. `at_limit`: the hub's consumer had as
+    /// many commands waiting for this cluster as the hub keeps for it
+    /// (`COMMANDS_KEPT_PER_CLUSTER`), so older ones may have been dropped before they came.
+    Delivered { at_limit: bool },
     /// The hub let the pull expire: nothing new.
     Expired,
     /// Nothing came back at all: the request did not reach the hub.
@@ -172,17 +181,19 @@ async fn pull_once(
     }
     let deadline = tokio::time::Instant::now() + expires + Duration::from_secs(3);
     let mut delivered = 0;
+    let mut at_limit = false;
+    let done = |at_limit| Pull::Delivered { at_limit };
     loop {
         let message = match tokio::time::timeout_at(deadline, replies.next()).await {
             Ok(Some(message)) => message,
             Ok(None) => return Pull::LocalFailure("the pull inbox subscription closed".into()),
-            Err(_) if delivered > 0 => return Pull::Delivered,
+            Err(_) if delivered > 0 => return done(at_limit),
             Err(_) => return Pull::Unanswered,
         };
         if let Some(status) = message.status {
             return match status {
                 StatusCode::NO_RESPONDERS => Pull::NoRoute,
-                StatusCode::TIMEOUT | StatusCode::NOT_FOUND if delivered > 0 => Pull::Delivered,
+                StatusCode::TIMEOUT | StatusCode::NOT_FOUND if delivered > 0 => done(at_limit),
                 StatusCode::TIMEOUT | StatusCode::NOT_FOUND => Pull::Expired,
                 // Idle heartbeat: not asked for, but harmless.
                 StatusCode::IDLE_HEARTBEAT => continue,
@@ -195,6 +206,7 @@ async fn pull_once(
         let Some(ack) = message.reply.clone() else {
             continue;
         };
+        at_limit |= backlog_at_limit(&message, local);
         if let Err(reason) = store_command(local, cluster, &message).await {
             // Left unacknowledged: the hub offers it again after its ack wait.
             return Pull::LocalFailure(reason);
@@ -204,9 +216,22 @@ async fn pull_once(
         }
         delivered += 1;
         if delivered == PULL_BATCH {
-            return Pull::Delivered;
+            return done(at_limit);
         }
     }
+}
+
+/// Whether the consumer still had, counting this command, as many commands waiting as the
+/// hub keeps per cluster: the only state in which the hub can have dropped one this site
+/// never got (the count is in the ack subject the hub sends each command with).
+fn backlog_at_limit(message: &async_nats::Message, local: &jetstream::Context) -> bool {
+    let message = jetstream::Message {
+        message: message.clone(),
+        context: local.clone(),
+    };
+    message.info().is_ok_and(|info| {
+        info.pending + 1 >= optikon_runtime::topology::COMMANDS_KEPT_PER_CLUSTER as u64
+    })
 }
 
 /// Stores one pulled command in `CMD_LOCAL_<cluster>`. A command that is not this cluster's
