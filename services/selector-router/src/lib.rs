@@ -61,7 +61,7 @@ impl Hub {
     }
 }
 
-/// Runs all three parts until shutdown.
+/// Runs the request, fold and registry parts, and the heartbeats-bucket check, until shutdown.
 pub async fn run(client: async_nats::Client, shutdown: Shutdown) -> anyhow::Result<()> {
     let js = optikon_runtime::jetstream(client.clone());
     let hub = Hub::open(js).await?;
