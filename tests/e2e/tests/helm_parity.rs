@@ -30,6 +30,31 @@ const HELM_SITE: &str = "copenhagen-2";
 /// helm waits as Optikon does (`DEFAULT_WAIT`), for hooks and for the release.
 const HELM_WAIT: &[&str] = &["--wait", "--wait-for-jobs", "--timeout", "120s"];
 
+/// `helm upgrade --install` of the test release from `chart` on the helm side's cluster, with
+/// `extra` arguments, waiting for hooks and workloads as Optikon does.
+fn helm_upgrade_install(
+    testbed: &Testbed,
+    chart: &str,
+    namespace: &str,
+    extra: &[&str],
+) -> anyhow::Result<optikon_e2e::Output> {
+    let mut args = vec!["upgrade", "--install", RELEASE, chart, "-n", namespace];
+    args.extend(extra);
+    args.extend(HELM_WAIT);
+    helm(testbed, HELM_SITE, &args)
+}
+
+/// Helm failed too, and its error names each of `words`.
+fn ensure_failed_naming(by_helm: &optikon_e2e::Output, words: &[&str]) -> anyhow::Result<()> {
+    ensure!(by_helm.code != 0, "helm fails too: {by_helm:?}");
+    ensure!(
+        words.iter().all(|w| by_helm.stderr.contains(w)),
+        "helm's error should name {words:?}: {}",
+        by_helm.stderr
+    );
+    Ok(())
+}
+
 /// A Job of the chart; `fails` makes its pod fail (the test bed's kwok stage for that label).
 fn job(name: &str, hook: &str, weight: &str, policy: Option<&str>, fails: &str) -> String {
     let policy = policy
@@ -415,17 +440,7 @@ async fn hooks_run_as_helm_runs_them() -> anyhow::Result<()> {
     )?
     .ok()?;
     ensure!(out.stdout.contains(OPTIKON_SITE), "{}", out.stdout);
-    let mut args = vec![
-        "upgrade",
-        "--install",
-        RELEASE,
-        chart,
-        "-n",
-        NAMESPACE,
-        "--create-namespace",
-    ];
-    args.extend(HELM_WAIT);
-    helm(&testbed, HELM_SITE, &args)?.ok()?;
+    helm_upgrade_install(&testbed, chart, NAMESPACE, &["--create-namespace"])?.ok()?;
 
     let installed = assert_sites_agree(&testbed, NAMESPACE, "install").await?;
     assert_eq!(installed.info.description, "Install complete");
@@ -492,25 +507,12 @@ async fn hooks_run_as_helm_runs_them() -> anyhow::Result<()> {
         out.code == 1 && out.stdout.contains(OPTIKON_SITE),
         "a failed hook fails the request on its cluster: {out:?}"
     );
-    let mut args = vec![
-        "upgrade",
-        "--install",
-        RELEASE,
-        chart,
-        "-n",
-        NAMESPACE,
-        "--set",
-        "upgradeFails=true",
-    ];
-    args.extend(HELM_WAIT);
-    let by_helm = helm(&testbed, HELM_SITE, &args)?;
-    ensure!(by_helm.code != 0, "helm fails the upgrade too: {by_helm:?}");
-    ensure!(
-        by_helm.stderr.contains("pre-upgrade hooks failed")
-            && by_helm.stderr.contains("parity-upgrade-check"),
-        "{}",
-        by_helm.stderr
-    );
+    let by_helm =
+        helm_upgrade_install(&testbed, chart, NAMESPACE, &["--set", "upgradeFails=true"])?;
+    ensure_failed_naming(
+        &by_helm,
+        &["pre-upgrade hooks failed", "parity-upgrade-check"],
+    )?;
 
     let failed = assert_sites_agree(&testbed, NAMESPACE, "failed upgrade").await?;
     assert_eq!(
@@ -621,26 +623,13 @@ async fn a_failing_pre_install_hook_fails_the_install() -> anyhow::Result<()> {
         out.code == 1 && out.stdout.contains(OPTIKON_SITE),
         "a failed hook fails the request on its cluster: {out:?}"
     );
-    let mut args = vec![
-        "upgrade",
-        "--install",
-        RELEASE,
+    let by_helm = helm_upgrade_install(
+        &testbed,
         chart,
-        "-n",
         FAILING,
-        "--create-namespace",
-        "--set",
-        "installFails=true",
-    ];
-    args.extend(HELM_WAIT);
-    let by_helm = helm(&testbed, HELM_SITE, &args)?;
-    ensure!(by_helm.code != 0, "helm fails the install too: {by_helm:?}");
-    ensure!(
-        by_helm.stderr.contains("failed pre-install")
-            && by_helm.stderr.contains("parity-prepare-early"),
-        "{}",
-        by_helm.stderr
-    );
+        &["--create-namespace", "--set", "installFails=true"],
+    )?;
+    ensure_failed_naming(&by_helm, &["failed pre-install", "parity-prepare-early"])?;
 
     let failed = assert_sites_agree(&testbed, FAILING, "failed install").await?;
     assert_eq!(
