@@ -129,6 +129,9 @@ fn start_bed(leaves: usize) -> anyhow::Result<Testbed> {
     .context("the control-plane test bed did not start")
 }
 
+/// The CPU probe's name for the hub's nats-server.
+const HUB_PART: &str = "hub nats-server";
+
 /// Waits until the hub's nats-server has finished what the set-up left it (at 10,000
 /// clusters it still writes consumer state for tens of seconds after the last registration),
 /// so the idle window sees only the steady load: until two 5 s windows in a row use about
@@ -141,7 +144,11 @@ async fn settle(probe: &cpu::Probe) -> f64 {
         let before = probe.snapshot();
         tokio::time::sleep(WINDOW).await;
         let usage = probe.usage(&before, &probe.snapshot());
-        let hub = usage.parts.first().map_or(0.0, |(_, seconds)| *seconds);
+        let hub = usage
+            .parts
+            .iter()
+            .find(|(name, _)| name == HUB_PART)
+            .map_or(0.0, |(_, seconds)| *seconds);
         if let Some(previous) = previous
             && (hub - previous).abs() <= 0.1 * previous + 0.02
         {
@@ -244,7 +251,7 @@ async fn measure(
 
     // The heartbeat load, idle: nothing is asked of the hub but to keep up.
     let mut probe = cpu::Probe::default();
-    probe.add("hub nats-server", vec![hub_pid], false);
+    probe.add(HUB_PART, vec![hub_pid], false);
     probe.add("selector-router", vec![router_pid], false);
     probe.add(
         "leaf nats-servers",
