@@ -134,6 +134,7 @@ impl Hub {
             action: Action::Install,
             chart: Some(pin),
             values: serde_json::json!({}),
+            helm_values: Default::default(),
             rollback_to: None,
             requested_at: Timestamp::now(),
         };

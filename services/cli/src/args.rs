@@ -97,7 +97,8 @@ pub struct ApplyArgs {
     pub version: Option<String>,
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Values files (YAML or JSON), merged in order.
+    /// Values files (YAML or JSON), merged in order. Read by helm at the edge, as
+    /// `helm upgrade -f` reads them.
     #[arg(short = 'f', long = "values")]
     pub values: Vec<PathBuf>,
     /// Set values on the command line: `key=value,a.b=c,list[0]=x`.
@@ -106,6 +107,15 @@ pub struct ApplyArgs {
     /// Like --set, but values are always strings.
     #[arg(long)]
     pub set_string: Vec<String>,
+    /// Set JSON values: `key={"a":1}`.
+    #[arg(long)]
+    pub set_json: Vec<String>,
+    /// Set a value to a file's content: `key=path` (the file is read here and sent).
+    #[arg(long)]
+    pub set_file: Vec<String>,
+    /// Set a literal string value: `key=a,b` keeps the comma.
+    #[arg(long)]
+    pub set_literal: Vec<String>,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

@@ -13,7 +13,8 @@ use optikon_core::message::{
     RequestStatus, Timestamp,
 };
 use optikon_core::selector::LabelSelector;
-use optikon_core::{names, subject, values};
+use optikon_core::values::{HelmValues, SetFile, ValuesFile};
+use optikon_core::{names, subject};
 
 use crate::args::{
     ApplyArgs, ChartCommand, Cli, ClusterCommand, Command, SelectorCommand, WaitArgs,
@@ -268,7 +269,7 @@ async fn apply(client: &Client, action: Action, args: ApplyArgs) -> anyhow::Resu
         &args.target.selector,
     );
     check_request(&request)?;
-    request.values = Some(collect_values(&args)?);
+    request.helm_values = collect_values(&args)?;
     let chart = if std::path::Path::new(&args.chart).is_file() {
         let entry = push_file(client, std::path::Path::new(&args.chart), false).await?;
         eprintln!(
@@ -398,22 +399,41 @@ fn release_table(releases: &[ReleaseStatus], with_reason: bool) -> Table {
     t
 }
 
-fn collect_values(args: &ApplyArgs) -> anyhow::Result<serde_json::Value> {
-    let mut merged = serde_json::Value::Object(Default::default());
+/// The values files and flags as given, for helm at the edge to read (see
+/// `optikon_core::values`): files are read here, and only checked, never reinterpreted.
+fn collect_values(args: &ApplyArgs) -> anyhow::Result<HelmValues> {
+    let read = |file: &std::path::Path| {
+        std::fs::read_to_string(file)
+            .map_err(|e| bad_input(format!("cannot read values file {}: {e}", file.display())))
+    };
+    let mut collected = HelmValues {
+        set: args.set.clone(),
+        set_string: args.set_string.clone(),
+        set_json: args.set_json.clone(),
+        set_literal: args.set_literal.clone(),
+        ..HelmValues::default()
+    };
     for file in &args.values {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| bad_input(format!("cannot read values file {}: {e}", file.display())))?;
-        let parsed = values::parse_file(&file.display().to_string(), &text)
-            .map_err(|e| bad_input(e.to_string()))?;
-        values::merge(&mut merged, parsed);
+        collected.files.push(ValuesFile {
+            name: file.display().to_string(),
+            text: read(file)?,
+        });
     }
-    for expr in &args.set {
-        values::apply_set(&mut merged, expr, false).map_err(|e| bad_input(e.to_string()))?;
+    for expr in &args.set_file {
+        // helm's `--set-file a=path1,b=path2`.
+        for pair in expr.split(',') {
+            let (key, path) = pair
+                .split_once('=')
+                .ok_or_else(|| bad_input(format!("--set-file {pair:?}: write key=path")))?;
+            collected.set_file.push(SetFile {
+                key: key.to_owned(),
+                name: path.to_owned(),
+                text: read(std::path::Path::new(path))?,
+            });
+        }
     }
-    for expr in &args.set_string {
-        values::apply_set(&mut merged, expr, true).map_err(|e| bad_input(e.to_string()))?;
-    }
-    Ok(merged)
+    collected.check().map_err(|e| bad_input(e.to_string()))?;
+    Ok(collected)
 }
 
 /// Prints the per-cluster result and returns the exit code.

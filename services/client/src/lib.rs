@@ -187,9 +187,9 @@ impl Client {
             .await?
             .iter()
             .filter(|c| c.name == name)
-            .filter_map(|c| semver::Version::parse(&c.version).ok())
-            .max()
-            .map(|v| v.to_string())
+            .filter_map(|c| Some((optikon_core::chart::helm_version(&c.version).ok()?, c)))
+            .max_by(|(a, _), (b, _)| a.cmp(b))
+            .map(|(_, c)| c.version.clone())
             .ok_or_else(|| {
                 ClientError::NotFound(format!("no chart named {name:?} is stored; push it first"))
             })
@@ -309,6 +309,7 @@ impl Client {
             selector: selector.to_owned(),
             chart: None,
             values: None,
+            helm_values: Default::default(),
             revision: None,
         }
     }

@@ -151,7 +151,7 @@ pub enum ChartError {
     )]
     ChartName { name: String, problem: String },
     #[error(
-        "version {version:?} in Chart.yaml is not SemVer 2 (expected MAJOR.MINOR.PATCH, e.g. \"1.2.3\" \
+        "version {version:?} in Chart.yaml is not a version Helm accepts (SemVer, e.g. \"1.2.3\" \
          or \"1.2.3-rc.1\"): {detail}"
     )]
     Version { version: String, detail: String },
@@ -237,8 +237,8 @@ pub struct ChartMetadata {
         skip_serializing_if = "String::is_empty"
     )]
     pub tags: String,
-    /// Written as a string even when Chart.yaml has a bare number (`appVersion: 1.10`); the
-    /// text is kept as written, so `1.10` stays "1.10".
+    /// Written as a string even when Chart.yaml has a bare number, with Helm's text of that
+    /// number: unquoted `appVersion: 1.10` is "1.1", as Helm reads it.
     #[serde(
         deserialize_with = "null_default",
         skip_serializing_if = "String::is_empty"
@@ -427,7 +427,7 @@ pub fn digest(bytes: &[u8]) -> String {
 ///   `\` separators (archives made on Windows) are read as `/`, as Helm does;
 /// - exactly one top-level directory holding everything; `./` prefixes are ignored;
 /// - `Chart.yaml` at the top: `apiVersion` v2 or v1, `name` of lowercase letters, digits and
-///   `-`, `version` strict SemVer 2, `type` application (library charts cannot be installed);
+///   `-`, `version` SemVer as Helm reads it ([`helm_version`]), `type` application (library charts cannot be installed);
 /// - `values.yaml`, if present, a mapping or empty; `values.schema.json`, if present, JSON;
 /// - every file under `templates/` UTF-8 text.
 pub fn inspect(bytes: &[u8], limits: &ChartLimits) -> Result<ChartArchive, ChartError> {
@@ -816,6 +816,7 @@ fn parse_chart_yaml(data: &[u8]) -> Result<(ChartMetadata, Vec<String>), ChartEr
     }
     // Parsed again from the text (not the Value) so that errors carry line numbers.
     let mut md: ChartMetadata = serde_yaml_ng::from_str(text).map_err(syntax)?;
+    numbers_as_helm_writes_them(&value, &mut md);
     sanitize_metadata(&mut md);
 
     match md.api_version.as_str() {
@@ -849,10 +850,10 @@ fn parse_chart_yaml(data: &[u8]) -> Result<(ChartMetadata, Vec<String>), ChartEr
             example: "version: 0.1.0",
         });
     }
-    if let Err(e) = semver::Version::parse(&md.version) {
+    if let Err(detail) = helm_version(&md.version) {
         return Err(ChartError::Version {
             version: md.version,
-            detail: e.to_string(),
+            detail,
         });
     }
     if !matches!(md.chart_type.as_str(), "" | "application" | "library") {
@@ -862,6 +863,83 @@ fn parse_chart_yaml(data: &[u8]) -> Result<(ChartMetadata, Vec<String>), ChartEr
     }
     check_dependencies(&md.dependencies)?;
     Ok((md, warnings))
+}
+
+/// Gives the string fields of `md` that Chart.yaml wrote as bare numbers the text Helm's
+/// loader makes of them: it reads the number, then prints it, so `appVersion: 1.10` is
+/// "1.1" and `version: 1.0` is "1" to `helm show chart`, `helm package` and `helm list`.
+/// Quoted, `"1.10"` stays as written. (YAML 1.1's octal `010` is 8 to Helm and 10 here.)
+fn numbers_as_helm_writes_them(chart_yaml: &serde_yaml_ng::Value, md: &mut ChartMetadata) {
+    let number = |key: &str| match chart_yaml.get(key)? {
+        serde_yaml_ng::Value::Number(n) => Some(match n.as_f64() {
+            Some(float) if n.is_f64() => helm_float_text(float),
+            _ => n.to_string(),
+        }),
+        _ => None,
+    };
+    let fields = [
+        ("name", &mut md.name),
+        ("home", &mut md.home),
+        ("version", &mut md.version),
+        ("description", &mut md.description),
+        ("icon", &mut md.icon),
+        ("condition", &mut md.condition),
+        ("tags", &mut md.tags),
+        ("appVersion", &mut md.app_version),
+        ("kubeVersion", &mut md.kube_version),
+    ];
+    for (key, field) in fields {
+        if let Some(text) = number(key) {
+            *field = text;
+        }
+    }
+}
+
+/// The text Helm's YAML reader makes of a floating-point number it finds where Chart.yaml
+/// wants a string: Go's `FormatFloat(x, 'g', -1, 32)`, the shortest text that reads back as
+/// the same single-precision number, with an exponent from 10^6 up or below 10^-4. So 1.10
+/// is "1.1", 1.0 is "1", 3.14159265358979 is "3.1415927" and 1000000.0 is "1e+06", as
+/// `helm show chart` prints them.
+pub fn helm_float_text(x: f64) -> String {
+    let single = x as f32;
+    let scientific = format!("{single:e}");
+    let Some((mantissa, exponent)) = scientific.split_once('e') else {
+        return scientific; // inf, NaN
+    };
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    if (-4..6).contains(&exponent) {
+        format!("{single}")
+    } else {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exponent.unsigned_abs())
+    }
+}
+
+/// A chart version read the way Helm reads it (Masterminds semver, not strict): an optional
+/// `v`, one to three numbers (missing ones are 0, leading zeros allowed), then SemVer 2
+/// pre-release and build parts. `1`, `v1.2` and `01.0.0` are versions to Helm; `latest`,
+/// `1.0.0.0` and `1.0.0-01` are not. The result orders versions; the text as written stays
+/// the chart's version.
+pub fn helm_version(version: &str) -> Result<semver::Version, String> {
+    let text = version.strip_prefix('v').unwrap_or(version);
+    let core_end = text.find(['-', '+']).unwrap_or(text.len());
+    let (core, rest) = text.split_at(core_end);
+    let numbers: Vec<&str> = core.split('.').collect();
+    if numbers.len() > 3
+        || numbers
+            .iter()
+            .any(|n| n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("expected one to three numbers separated by dots, as in 1.2.3".into());
+    }
+    let mut parts = [0u64; 3];
+    for (part, number) in parts.iter_mut().zip(&numbers) {
+        *part = number
+            .parse()
+            .map_err(|_| format!("{number} is too large for a version number"))?;
+    }
+    let canonical = format!("{}.{}.{}{rest}", parts[0], parts[1], parts[2]);
+    semver::Version::parse(&canonical).map_err(|e| e.to_string())
 }
 
 /// Helm's linter: `^[a-z0-9-]+$` (which also rules out path separators and `.`/`..`).
@@ -1890,9 +1968,10 @@ spec:
     }
 
     #[test]
-    fn chart_version_must_be_strict_semver() {
+    fn chart_version_is_read_as_helm_reads_it() {
+        // Each of these is refused by `helm package` and `helm template` (helm 3.21).
         for bad in [
-            "1.0", "1", "v1.0.0", "01.0.0", "1.0.0-", "1.0.0-01", "latest", "1.0.0.0",
+            "1.0.0-", "1.0.0-01", "latest", "1.0.0.0", "1..0", "v", "1.x",
         ] {
             let yaml = format!("apiVersion: v2\nname: nginx\nversion: {bad}\n");
             let e = chart_yaml_err(&yaml);
@@ -1901,13 +1980,24 @@ spec:
                 "{bad:?}: {e:?}"
             );
         }
-        let msg = chart_yaml_err("apiVersion: v2\nname: nginx\nversion: 1.0\n").to_string();
+        let msg = chart_yaml_err("apiVersion: v2\nname: nginx\nversion: latest\n").to_string();
         assert!(
-            msg.starts_with(
-                "version \"1.0\" in Chart.yaml is not SemVer 2 (expected MAJOR.MINOR.PATCH"
-            ),
+            msg.starts_with("version \"latest\" in Chart.yaml is not a version Helm accepts"),
             "{msg}"
         );
+        // ... and each of these helm packages under the version as written.
+        for (lenient, order) in [
+            ("1", "1.0.0"),
+            ("v1.2", "1.2.0"),
+            ("01.0.0", "1.0.0"),
+            ("1.010.0", "1.10.0"),
+            ("v2.0.0-rc.1", "2.0.0-rc.1"),
+        ] {
+            let yaml = format!("apiVersion: v2\nname: nginx\nversion: {lenient}\n");
+            let checked = check(&[E::File("nginx/Chart.yaml", yaml.as_bytes())]).unwrap();
+            assert_eq!(checked.metadata.version, lenient);
+            assert_eq!(helm_version(lenient).unwrap().to_string(), order);
+        }
         for good in [
             "0.1.0",
             "1.2.3-rc.1",
@@ -2089,11 +2179,37 @@ spec:
     fn metadata_tolerates_nulls_and_numbers() {
         let yaml = "apiVersion: v2\nname: nginx\nversion: 1.0.0\nappVersion: 1.10\ndescription:\nicon: ~\nkeywords:\ndeprecated: ~\nannotations:\n  count: 3\n";
         let md = ChartMetadata::from_chart_yaml(yaml.as_bytes()).unwrap();
-        assert_eq!(md.app_version, "1.10");
+        // helm 3.21's `helm show chart` prints `appVersion: "1.1"` for this file.
+        assert_eq!(md.app_version, "1.1");
         assert_eq!(md.description, "");
         assert!(md.keywords.is_empty());
         assert!(!md.deprecated);
         assert_eq!(md.annotations["count"], "3");
+    }
+
+    /// Each expectation is what `helm show chart` (helm 3.21) prints for the same file.
+    #[test]
+    fn bare_numbers_in_chart_yaml_read_as_helm_reads_them() {
+        // `helm package` names this chart c-1.tgz; the quoted appVersion stays as written.
+        let yaml = "apiVersion: v2\nname: c\nversion: 1.0\nappVersion: \"1.10\"\nkubeVersion: 1.20\ndescription: 2.50\n";
+        let md = ChartMetadata::from_chart_yaml(yaml.as_bytes()).unwrap();
+        assert_eq!(
+            [md.version, md.app_version, md.kube_version, md.description],
+            ["1", "1.10", "1.2", "2.5"]
+        );
+        // Single precision, and exponents from 10^6 up and below 10^-4.
+        let yaml = "apiVersion: v2\nname: c\nversion: 1.0.0\nappVersion: 1000000.0\nkubeVersion: 0.00001\ndescription: 1234567.5\nhome: 3.14159265358979\nicon: 1e3\n";
+        let md = ChartMetadata::from_chart_yaml(yaml.as_bytes()).unwrap();
+        assert_eq!(
+            [
+                md.app_version,
+                md.kube_version,
+                md.description,
+                md.home,
+                md.icon
+            ],
+            ["1e+06", "1e-05", "1.2345675e+06", "3.1415927", "1000"]
+        );
     }
 
     #[test]

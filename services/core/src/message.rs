@@ -12,6 +12,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+pub use crate::values::HelmValues;
+
 /// The only message version this build understands.
 pub const API_VERSION: &str = "optikon/v1";
 
@@ -149,9 +151,14 @@ pub struct ReleaseRequest {
     /// Required for install and upgrade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chart: Option<ChartRef>,
-    /// Values overriding the chart's `values.yaml`; a JSON object.
+    /// Values overriding the chart's `values.yaml`; a JSON object. Applied first, as helm's
+    /// first `-f` file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub values: Option<serde_json::Value>,
+    /// Values files and `--set` flags as the user gave them to the CLI, handed to helm at the
+    /// edge unchanged, after `values`.
+    #[serde(default, skip_serializing_if = "HelmValues::is_empty")]
+    pub helm_values: HelmValues,
     /// For rollback: the Helm revision to return to (0 or absent = the previous one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u32>,
@@ -194,6 +201,9 @@ impl ReleaseRequest {
                 "values must be a JSON object (a YAML mapping), like the chart's values.yaml",
             ));
         }
+        self.helm_values
+            .check()
+            .map_err(|e| ApiError::new(ErrorCode::BadValues, e.to_string()))?;
         if matches!(self.action, Action::Install | Action::Upgrade) && self.chart.is_none() {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
@@ -240,6 +250,9 @@ pub struct DesiredRelease {
     pub chart: Option<ChartPin>,
     #[serde(default)]
     pub values: serde_json::Value,
+    /// Values files and flags for helm, after `values` (see [`ReleaseRequest::helm_values`]).
+    #[serde(default, skip_serializing_if = "HelmValues::is_empty")]
+    pub helm_values: HelmValues,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_to: Option<u32>,
     pub requested_at: Timestamp,
@@ -733,6 +746,7 @@ mod tests {
                 version: "1.0.0".into(),
             }),
             values: None,
+            helm_values: HelmValues::default(),
             revision: None,
         };
         let code = |r: &ReleaseRequest| r.check().map(|_| ()).map_err(|e| e.code);
@@ -755,6 +769,14 @@ mod tests {
         let mut values = request("web", "default", "");
         values.values = Some(serde_json::json!([1]));
         assert_eq!(code(&values), Err(ErrorCode::BadValues));
+        let mut files = request("web", "default", "");
+        files.helm_values.files.push(crate::values::ValuesFile {
+            name: "prod.yaml".into(),
+            text: "a: [".into(),
+        });
+        let err = files.check().unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadValues);
+        assert!(err.message.contains("prod.yaml"), "{}", err.message);
         let mut chartless = request("web", "default", "");
         chartless.chart = None;
         assert_eq!(code(&chartless), Err(ErrorCode::InvalidRequest));

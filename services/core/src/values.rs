@@ -1,241 +1,233 @@
-//! Release values the way Helm users give them: `-f values.yaml` files merged in order, then
-//! `--set a.b=c,list[0]=x` and `--set-string` overrides.
+//! Release values the way Helm users give them: `-f` files and `--set`, `--set-string`,
+//! `--set-json`, `--set-literal` and `--set-file` flags.
+//!
+//! Optikon does not interpret them. They travel unchanged to the edge, where the executor
+//! hands them to helm, so a values file means there exactly what it means to `helm upgrade`:
+//! helm reads YAML 1.1, where `flag: no` is false and `mode: 0644` is 420, and a YAML 1.2
+//! reader here would make them "no" and 644. What is checked here is only what helm would
+//! refuse anyway, so that a broken file fails when it is sent instead of on every cluster.
 
-use serde_json::{Map, Value};
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ValuesError {
     #[error("values file {file}: {message}")]
     File { file: String, message: String },
-    #[error("--set {expr:?}: {message}")]
-    Set { expr: String, message: String },
+    #[error("{flag} {expr:?}: {message}")]
+    Flag {
+        flag: &'static str,
+        expr: String,
+        message: String,
+    },
 }
 
-/// Parses a values file (YAML or JSON; YAML is a superset) into a JSON object.
-pub fn parse_file(name: &str, text: &str) -> Result<Value, ValuesError> {
-    let value: Value = serde_yaml_ng::from_str(text).map_err(|e| ValuesError::File {
-        file: name.to_owned(),
-        message: e.to_string(),
-    })?;
-    match value {
-        Value::Object(_) => Ok(value),
-        Value::Null => Ok(Value::Object(Map::new())),
-        _ => Err(ValuesError::File {
-            file: name.to_owned(),
-            message: "must be a mapping of keys to values".into(),
+/// Values as given to helm, in the order helm applies them: every file, then `--set-json`,
+/// `--set`, `--set-string`, `--set-file`, `--set-literal` (helm's own order, whatever the
+/// order on the command line).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HelmValues {
+    /// `-f`/`--values` files, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ValuesFile>,
+    /// `--set-json` expressions, e.g. `resources={"limits":{"cpu":"1"}}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_json: Vec<String>,
+    /// `--set` expressions, e.g. `replicaCount=3,image.tag=1.27`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<String>,
+    /// `--set-string` expressions: values stay strings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_string: Vec<String>,
+    /// `--set-file key=path`: the file's text travels, not its path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_file: Vec<SetFile>,
+    /// `--set-literal` expressions: the value is taken as one literal string.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_literal: Vec<String>,
+}
+
+/// One values file: the name it was given under (for messages) and its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValuesFile {
+    pub name: String,
+    pub text: String,
+}
+
+/// One `--set-file` value: `key` is set to the text of the file called `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetFile {
+    pub key: String,
+    pub name: String,
+    pub text: String,
+}
+
+impl HelmValues {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Refuses what helm would refuse before rendering anything: a file that is not YAML, or
+    /// whose top level is not a mapping, and flags without a `key=`.
+    pub fn check(&self) -> Result<(), ValuesError> {
+        for file in &self.files {
+            check_file(&file.name, &file.text)?;
+        }
+        let flags = [
+            ("--set-json", &self.set_json),
+            ("--set", &self.set),
+            ("--set-string", &self.set_string),
+            ("--set-literal", &self.set_literal),
+        ];
+        for (flag, exprs) in flags {
+            for expr in exprs {
+                check_assignment(flag, expr)?;
+            }
+        }
+        for file in &self.set_file {
+            if file.key.is_empty() || file.key.contains(['=', ',']) {
+                return Err(ValuesError::Flag {
+                    flag: "--set-file",
+                    expr: format!("{}={}", file.key, file.name),
+                    message: "the key must be a values path like a.b, without '=' or ','".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_assignment(flag: &'static str, expr: &str) -> Result<(), ValuesError> {
+    match expr.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() => Ok(()),
+        _ => Err(ValuesError::Flag {
+            flag,
+            expr: expr.to_owned(),
+            message: "write key=value".into(),
         }),
     }
 }
 
-/// Deep-merges `overlay` into `base`: maps merge key by key, anything else is replaced.
-pub fn merge(base: &mut Value, overlay: Value) {
-    match (base, overlay) {
-        (Value::Object(base), Value::Object(overlay)) => {
-            for (key, value) in overlay {
-                match base.get_mut(&key) {
-                    Some(existing) => merge(existing, value),
-                    None => {
-                        base.insert(key, value);
-                    }
-                }
-            }
-        }
-        (base, overlay) => *base = overlay,
-    }
-}
-
-/// Applies one `--set` expression (`a.b=1,c[0]=x`). With `as_string`, values stay strings
-/// (`--set-string`); otherwise `true`/`false`, `null` and integers are typed as Helm does.
-pub fn apply_set(values: &mut Value, expr: &str, as_string: bool) -> Result<(), ValuesError> {
-    let err = |message: &str| ValuesError::Set {
-        expr: expr.to_owned(),
-        message: message.to_owned(),
+/// Checks that `text` is YAML (JSON is YAML) whose top level is a mapping, or empty. Keys and
+/// values are skipped, not read: how they are typed is helm's business.
+pub fn check_file(name: &str, text: &str) -> Result<(), ValuesError> {
+    let fail = |message: String| ValuesError::File {
+        file: name.to_owned(),
+        message,
     };
-    for assignment in split_unescaped(expr, ',') {
-        let (path, raw) = assignment
-            .split_once('=')
-            .ok_or_else(|| err(&format!("{assignment:?} has no '='; write key=value")))?;
-        let path = parse_path(path).map_err(|m| err(&m))?;
-        let value = if as_string {
-            Value::String(unescape(raw))
-        } else {
-            typed(raw)
-        };
-        set_path(values, &path, value).map_err(|m| err(&m))?;
-    }
-    Ok(())
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Step {
-    Key(String),
-    Index(usize),
-}
-
-fn parse_path(path: &str) -> Result<Vec<Step>, String> {
-    let mut steps = Vec::new();
-    for part in split_unescaped(path, '.') {
-        let (name, mut rest) = match part.find('[') {
-            Some(i) => (&part[..i], &part[i..]),
-            None => (part.as_str(), ""),
-        };
-        if name.is_empty() {
-            return Err(format!("empty key in {path:?}"));
-        }
-        steps.push(Step::Key(unescape(name)));
-        while !rest.is_empty() {
-            let close = rest
-                .find(']')
-                .ok_or_else(|| format!("unclosed '[' in {path:?}"))?;
-            let index = rest[1..close].parse::<usize>().map_err(|_| {
-                format!(
-                    "list index {:?} in {path:?} is not a number",
-                    &rest[1..close]
-                )
-            })?;
-            if index > 65_536 {
-                return Err(format!("list index {index} in {path:?} is too large"));
-            }
-            steps.push(Step::Index(index));
-            rest = &rest[close + 1..];
-            if !rest.is_empty() && !rest.starts_with('[') {
-                return Err(format!("unexpected {rest:?} after ']' in {path:?}"));
-            }
-        }
-    }
-    if steps.is_empty() {
-        return Err("empty key".into());
-    }
-    Ok(steps)
-}
-
-fn set_path(target: &mut Value, path: &[Step], value: Value) -> Result<(), String> {
-    let Some((step, rest)) = path.split_first() else {
-        *target = value;
+    if text.trim().is_empty() {
         return Ok(());
-    };
-    match step {
-        Step::Key(key) => {
-            if !target.is_object() {
-                *target = Value::Object(Map::new());
-            }
-            let map = target.as_object_mut().expect("just made an object");
-            let slot = map.entry(key.clone()).or_insert(Value::Null);
-            set_path(slot, rest, value)
-        }
-        Step::Index(index) => {
-            if !target.is_array() {
-                *target = Value::Array(Vec::new());
-            }
-            let list = target.as_array_mut().expect("just made an array");
-            if list.len() <= *index {
-                list.resize(index + 1, Value::Null);
-            }
-            set_path(&mut list[*index], rest, value)
-        }
+    }
+    serde_yaml_ng::from_str::<MappingOrEmpty>(text)
+        .map(|_| ())
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// Deserializes from a mapping (skipping its contents) or from nothing at all. Duplicate keys
+/// pass, as they do in helm, where the last one wins.
+struct MappingOrEmpty;
+
+impl<'de> Deserialize<'de> for MappingOrEmpty {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(MappingOrEmptyVisitor)
     }
 }
 
-fn typed(raw: &str) -> Value {
-    match raw {
-        "true" => Value::Bool(true),
-        "false" => Value::Bool(false),
-        "null" => Value::Null,
-        _ => match raw.parse::<i64>() {
-            // Helm keeps numbers with leading zeros as strings ("007").
-            Ok(n) if !(raw.len() > 1 && raw.starts_with('0')) => Value::from(n),
-            _ => Value::String(unescape(raw)),
-        },
-    }
-}
+struct MappingOrEmptyVisitor;
 
-/// Splits on `sep` except where it is escaped with a backslash.
-fn split_unescaped(s: &str, sep: char) -> Vec<String> {
-    let mut parts = vec![String::new()];
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(next) = chars.next() {
-                parts.last_mut().expect("non-empty").extend(['\\', next]);
-            }
-        } else if c == sep {
-            parts.push(String::new());
-        } else {
-            parts.last_mut().expect("non-empty").push(c);
-        }
-    }
-    parts
-}
+impl<'de> Visitor<'de> for MappingOrEmptyVisitor {
+    type Value = MappingOrEmpty;
 
-fn unescape(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(next) = chars.next() {
-                out.push(next);
-            }
-        } else {
-            out.push(c);
-        }
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping of keys to values, like the chart's values.yaml")
     }
-    out
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(MappingOrEmpty)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(MappingOrEmpty)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(MappingOrEmpty)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
-    fn set_builds_nested_typed_values() {
-        let mut v = json!({});
-        apply_set(
-            &mut v,
-            "replicaCount=3,image.tag=1.27,debug=true,list[1]=b",
-            false,
-        )
-        .unwrap();
+    fn files_must_be_yaml_mappings() {
+        check_file("a.yaml", "image:\n  tag: '1'\nflag: no\nmode: 0644\n").unwrap();
+        check_file("b.json", r#"{"a": {"b": [1, 2]}}"#).unwrap();
+        check_file("empty.yaml", "").unwrap();
+        check_file("comments.yaml", "# nothing here\n").unwrap();
+        // Helm takes the last of two equal keys; so does the edge, so it is not refused here.
+        check_file("twice.yaml", "a: 1\na: 2\n").unwrap();
+
+        let err = check_file("bad.yaml", "a: [").unwrap_err();
+        assert!(
+            err.to_string().starts_with("values file bad.yaml: "),
+            "{err}"
+        );
+        let err = check_file("list.yaml", "- a\n- b\n").unwrap_err();
+        assert!(err.to_string().contains("mapping"), "{err}");
+        assert!(check_file("scalar.yaml", "just text").is_err());
+    }
+
+    #[test]
+    fn flags_need_a_key() {
+        let ok = HelmValues {
+            set: vec!["a.b=1,c=2".into()],
+            set_json: vec![r#"r={"x":1}"#.into()],
+            set_file: vec![SetFile {
+                key: "config".into(),
+                name: "app.conf".into(),
+                text: "x".into(),
+            }],
+            ..HelmValues::default()
+        };
+        ok.check().unwrap();
+        for bad in ["novalue", "=1", ""] {
+            let values = HelmValues {
+                set_string: vec![bad.into()],
+                ..HelmValues::default()
+            };
+            let err = values.check().unwrap_err();
+            assert!(err.to_string().starts_with("--set-string"), "{err}");
+        }
+        let values = HelmValues {
+            set_file: vec![SetFile {
+                key: "a=b".into(),
+                name: "f".into(),
+                text: String::new(),
+            }],
+            ..HelmValues::default()
+        };
+        assert!(values.check().is_err());
+        assert!(HelmValues::default().is_empty());
+        assert!(!ok.is_empty());
+    }
+
+    #[test]
+    fn empty_lists_are_left_out_of_the_json() {
+        let values = HelmValues {
+            set: vec!["a=1".into()],
+            ..HelmValues::default()
+        };
         assert_eq!(
-            v,
-            json!({"replicaCount": 3, "image": {"tag": "1.27"}, "debug": true, "list": [null, "b"]})
+            serde_json::to_value(&values).unwrap(),
+            serde_json::json!({"set": ["a=1"]})
         );
-    }
-
-    #[test]
-    fn set_string_and_escapes() {
-        let mut v = json!({});
-        apply_set(&mut v, r"port=0080,name=a\,b,dotted\.key=x", false).unwrap();
-        assert_eq!(v, json!({"port": "0080", "name": "a,b", "dotted.key": "x"}));
-        apply_set(&mut v, "replicas=3", true).unwrap();
-        assert_eq!(v["replicas"], json!("3"));
-    }
-
-    #[test]
-    fn bad_set_expressions_are_named() {
-        let mut v = json!({});
-        let err = apply_set(&mut v, "novalue", false).unwrap_err();
-        assert!(err.to_string().contains("novalue"), "{err}");
-        assert!(apply_set(&mut v, "a[x]=1", false).is_err());
-        assert!(apply_set(&mut v, "a[1=1", false).is_err());
-        assert!(apply_set(&mut v, ".a=1", false).is_err());
-    }
-
-    #[test]
-    fn files_merge_deeply_in_order() {
-        let mut v =
-            parse_file("a.yaml", "image:\n  repo: nginx\n  tag: '1'\nreplicas: 1\n").unwrap();
-        merge(
-            &mut v,
-            parse_file("b.yaml", "image:\n  tag: '2'\n").unwrap(),
-        );
-        assert_eq!(
-            v,
-            json!({"image": {"repo": "nginx", "tag": "2"}, "replicas": 1})
-        );
-        assert!(parse_file("c.yaml", "- a\n- b\n").is_err());
-        assert_eq!(parse_file("empty.yaml", "").unwrap(), json!({}));
-        let err = parse_file("bad.yaml", "a: [").unwrap_err();
-        assert!(err.to_string().starts_with("values file bad.yaml"), "{err}");
     }
 }

@@ -297,25 +297,53 @@ pub fn check_target(
     )?)
 }
 
-/// Values as given: a JSON object, YAML/JSON text, or nothing.
-pub fn parse_values(
-    values: Option<serde_json::Value>,
-) -> Result<Option<serde_json::Value>, HttpError> {
+/// Values as given: a JSON object (sent as `values`), YAML/JSON text (sent unchanged, as a
+/// values file for helm to read at the edge), or nothing.
+pub fn parse_values(values: Option<serde_json::Value>) -> Result<SentValues, HttpError> {
     let bad = |m: String| HttpError::bad(ErrorCode::BadValues, m);
     match values {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(v @ serde_json::Value::Object(_)) => Ok(Some(v)),
-        Some(serde_json::Value::String(text)) if text.trim().is_empty() => Ok(None),
-        Some(serde_json::Value::String(text)) => values::parse_file("values", &text)
-            .map(Some)
-            .map_err(|e| match e {
+        None | Some(serde_json::Value::Null) => Ok(SentValues::default()),
+        Some(v @ serde_json::Value::Object(_)) => Ok(SentValues {
+            object: Some(v),
+            ..SentValues::default()
+        }),
+        Some(serde_json::Value::String(text)) if text.trim().is_empty() => {
+            Ok(SentValues::default())
+        }
+        Some(serde_json::Value::String(text)) => {
+            values::check_file("values", &text).map_err(|e| match e {
                 values::ValuesError::File { message, .. } => bad(format!("values: {message}")),
                 other => bad(other.to_string()),
-            }),
+            })?;
+            Ok(SentValues {
+                helm: values::HelmValues {
+                    files: vec![values::ValuesFile {
+                        name: "values".into(),
+                        text,
+                    }],
+                    ..values::HelmValues::default()
+                },
+                ..SentValues::default()
+            })
+        }
         Some(_) => Err(bad(
             "values must be a JSON object, or YAML/JSON text of a mapping (like values.yaml)"
                 .into(),
         )),
+    }
+}
+
+/// Where a request body's values go in the release request.
+#[derive(Debug, Default, PartialEq)]
+pub struct SentValues {
+    pub object: Option<serde_json::Value>,
+    pub helm: values::HelmValues,
+}
+
+impl SentValues {
+    fn fill(self, request: &mut optikon_core::message::ReleaseRequest) {
+        request.values = self.object;
+        request.helm_values = self.helm;
     }
 }
 
@@ -436,7 +464,7 @@ async fn install(
         &body.selector,
     );
     request.chart = Some(chart);
-    request.values = values;
+    values.fill(&mut request);
     Ok(respond(carry_out(&gateway.client, &request, wait).await?))
 }
 
@@ -453,7 +481,7 @@ async fn upgrade(
     require_release(&gateway.client, &release, &namespace, &selector).await?;
     let mut request = Client::new_request(Action::Upgrade, &release, &namespace, &body.selector);
     request.chart = Some(chart);
-    request.values = values;
+    values.fill(&mut request);
     Ok(respond(carry_out(&gateway.client, &request, wait).await?))
 }
 
@@ -569,18 +597,20 @@ mod tests {
 
     #[test]
     fn values_come_as_objects_or_text() {
-        assert_eq!(parse_values(None).unwrap(), None);
-        assert_eq!(parse_values(Some(serde_json::json!(" "))).unwrap(), None);
-        let v = parse_values(Some(serde_json::json!(
-            "replicaCount: 2\nimage:\n  tag: x\n"
-        )))
-        .unwrap();
+        assert_eq!(parse_values(None).unwrap(), SentValues::default());
         assert_eq!(
-            v,
-            Some(serde_json::json!({"replicaCount": 2, "image": {"tag": "x"}}))
+            parse_values(Some(serde_json::json!(" "))).unwrap(),
+            SentValues::default()
         );
+        // Text goes to helm as written: `flag: no` is helm's to read (as false).
+        let text = "replicaCount: 2\nflag: no\n";
+        let v = parse_values(Some(serde_json::json!(text))).unwrap();
+        assert_eq!(v.object, None);
+        assert_eq!(v.helm.files.len(), 1);
+        assert_eq!(v.helm.files[0].text, text);
         let v = parse_values(Some(serde_json::json!({"a": 1}))).unwrap();
-        assert_eq!(v, Some(serde_json::json!({"a": 1})));
+        assert_eq!(v.object, Some(serde_json::json!({"a": 1})));
+        assert!(v.helm.is_empty());
         let e = parse_values(Some(serde_json::json!("a: [1"))).unwrap_err();
         assert_eq!(
             (e.status, e.code.as_ref()),

@@ -448,9 +448,10 @@ impl ClusterTarget {
             api_versions: &api_versions,
             is_upgrade: previous.live.is_some(),
             values: &values,
+            helm_values: &desired.helm_values,
         };
         let rendered = match render::render(&self.helm, &chart.files, &request).await? {
-            Ok(text) => text,
+            Ok(rendered) => rendered,
             Err(reason) => {
                 let reason = format!(
                     "chart {}-{} did not render: {reason}",
@@ -459,7 +460,11 @@ impl ClusterTarget {
                 return Ok(Outcome::failed(reason).with_chart(&chart.summary));
             }
         };
-        let rendered = match manifest::parse(&rendered) {
+        let mut record = chart.record;
+        record.values = rendered.chart_values;
+        render::type_as_helm(&mut record.metadata, &rendered.chart_yaml);
+        let config = rendered.config;
+        let rendered = match manifest::parse(&rendered.manifest) {
             Ok(rendered) => rendered,
             Err(error) => {
                 let reason = format!(
@@ -487,8 +492,8 @@ impl ClusterTarget {
                 last_deployed: Some(now),
                 ..Info::default()
             },
-            chart: chart.record,
-            config: values,
+            chart: record,
+            config,
             manifest: manifest::to_manifest_string(&objects),
             hooks: rendered.hooks.iter().map(Hook::from).collect(),
             labels: [(GENERATION_LABEL.to_owned(), desired.generation.to_string())].into(),
@@ -1195,13 +1200,10 @@ fn json_kind(value: &Value) -> &'static str {
 fn load_chart(tgz: &[u8]) -> Result<LoadedChart, String> {
     let archive = chart::inspect(tgz, &chart::ChartLimits::default())
         .map_err(|e| format!("chart archive rejected: {e}"))?;
-    let metadata = archive
-        .file("Chart.yaml")
-        .map(|f| serde_yaml_ng::from_slice::<Value>(&f.data))
-        .transpose()
-        .map_err(|e| format!("chart file Chart.yaml is not valid YAML: {e}"))?
-        .filter(Value::is_object)
-        .ok_or("chart archive has no Chart.yaml")?;
+    // Helm's field names and omissions; the text of each field as written until helm's own
+    // reading replaces it (see `render::type_as_helm`).
+    let metadata = serde_json::to_value(&archive.metadata).expect("chart metadata serializes");
+    // The chart's values as helm reads them come with the render; these stand in until then.
     let values = match archive.default_values() {
         Ok(Value::Object(values)) => values,
         Ok(_) => Map::new(),

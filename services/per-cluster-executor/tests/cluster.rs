@@ -151,6 +151,7 @@ fn desired(
             size: 0,
         }),
         values,
+        helm_values: Default::default(),
         rollback_to: None,
         requested_at: Timestamp::now(),
     }

@@ -301,6 +301,7 @@ async fn set_desired(
                 .values
                 .clone()
                 .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
+            helm_values: request.helm_values.clone(),
             rollback_to: request.revision,
             requested_at: Timestamp::now(),
         };

@@ -98,6 +98,7 @@ impl Hub {
             action: Action::Install,
             chart: chart.clone(),
             values: serde_json::json!({"secret": "only for this site"}),
+            helm_values: Default::default(),
             rollback_to: None,
             requested_at: Timestamp::now(),
         };

@@ -84,6 +84,7 @@ fn command(cluster: &str, release: &str, tag: &str) -> Bytes {
         action: Action::Uninstall,
         chart: None,
         values: serde_json::json!({}),
+        helm_values: Default::default(),
         rollback_to: None,
         requested_at: Timestamp::now(),
     };

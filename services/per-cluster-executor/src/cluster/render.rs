@@ -1,12 +1,19 @@
 //! Renders a chart with the real Helm template engine: `helm template` against the target
 //! cluster's version and API list, in a scratch directory that goes away afterwards.
+//!
+//! Values are never read here. The release request's files and `--set` flags are written
+//! out and handed to helm as they came, so helm types them (YAML 1.1: `flag: no` is false).
+//! The values the release record keeps (`config`, the chart's own values) are read by helm
+//! too: a second, tiny `helm template` of a probe chart prints them as helm holds them.
 
 use std::ffi::OsString;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use optikon_core::values::HelmValues;
 use serde_json::{Map, Value};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::ClusterError;
 
@@ -14,6 +21,26 @@ use super::ClusterError;
 const RENDER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest failure text kept from helm's stderr.
 const MAX_REASON_CHARS: usize = 4000;
+/// Most of helm's standard output read: far above any release Kubernetes could store (a
+/// release record is at most 1 MiB compressed), so only a runaway chart meets it.
+const MAX_OUTPUT_BYTES: usize = 64 << 20;
+/// Most of helm's error output read.
+const MAX_STDERR_BYTES: usize = 256 << 10;
+/// The executor's environment that helm may see: how to reach the cluster and the network.
+/// Nothing else (credentials for other systems, HELM_* settings) reaches helm.
+const PASSED_ENV: &[&str] = &[
+    "PATH",
+    "TMPDIR",
+    "KUBECONFIG",
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
 
 /// What to render, besides the chart.
 #[derive(Debug, Clone)]
@@ -25,15 +52,91 @@ pub(crate) struct RenderRequest<'a> {
     /// `group/version` and `group/version/Kind` entries the cluster serves.
     pub api_versions: &'a [String],
     pub is_upgrade: bool,
-    /// User-supplied values (the chart's own `values.yaml` is in the chart).
+    /// Values given as a JSON object: helm's first values file.
     pub values: &'a Map<String, Value>,
+    /// Values files and flags as the user gave them, after `values`.
+    pub helm_values: &'a HelmValues,
 }
 
-/// `helm template` arguments for a chart in `chart_dir` with values in `values_file`.
+/// What helm made of a chart and its values.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Rendered {
+    /// `helm template` output: every manifest, hooks and `crds/` included.
+    pub manifest: String,
+    /// The user's values merged, as helm keeps them in a release record (`helm get values`).
+    pub config: Map<String, Value>,
+    /// The chart's `values.yaml` as helm reads it (the record's `chart.values`).
+    pub chart_values: Map<String, Value>,
+    /// `Chart.yaml` as helm's YAML reader types it, before helm's loader makes strings of
+    /// its scalars (`appVersion: 1.10` is the number 1.1 here).
+    pub chart_yaml: Map<String, Value>,
+}
+
+/// A values file or `--set-file` file written for helm: where it is, and the name the user
+/// knows it by (helm's errors name the path; the user is told the name).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WrittenFile {
+    pub path: PathBuf,
+    pub name: String,
+}
+
+/// Writes the values into `dir` and returns helm's arguments for them, in helm's order, with
+/// the files written.
+pub(crate) fn values_args(
+    dir: &Path,
+    values: &Map<String, Value>,
+    helm_values: &HelmValues,
+) -> std::io::Result<(Vec<OsString>, Vec<WrittenFile>)> {
+    std::fs::create_dir_all(dir)?;
+    let mut args: Vec<OsString> = Vec::new();
+    let mut written = Vec::new();
+    let mut write = |file: &str, name: &str, text: &[u8]| -> std::io::Result<PathBuf> {
+        let path = dir.join(file);
+        std::fs::write(&path, text)?;
+        written.push(WrittenFile {
+            path: path.clone(),
+            name: name.to_owned(),
+        });
+        Ok(path)
+    };
+    if !values.is_empty() {
+        let json = serde_json::to_vec(values).expect("a JSON map serializes");
+        let path = write("values.json", "the request's values", &json)?;
+        args.extend(["--values".into(), path.into()]);
+    }
+    for (i, file) in helm_values.files.iter().enumerate() {
+        let path = write(
+            &format!("values-{i}.yaml"),
+            &file.name,
+            file.text.as_bytes(),
+        )?;
+        args.extend(["--values".into(), path.into()]);
+    }
+    let flags = [
+        ("--set-json", &helm_values.set_json),
+        ("--set", &helm_values.set),
+        ("--set-string", &helm_values.set_string),
+        ("--set-literal", &helm_values.set_literal),
+    ];
+    for (flag, exprs) in flags {
+        for expr in exprs {
+            args.extend([flag.into(), expr.into()]);
+        }
+    }
+    for (i, file) in helm_values.set_file.iter().enumerate() {
+        let path = write(&format!("set-file-{i}"), &file.name, file.text.as_bytes())?;
+        let mut arg = OsString::from(format!("{}=", file.key));
+        arg.push(&path);
+        args.extend(["--set-file".into(), arg]);
+    }
+    Ok((args, written))
+}
+
+/// `helm template` arguments for a chart in `chart_dir` with the given values arguments.
 pub(crate) fn template_args(
     request: &RenderRequest<'_>,
     chart_dir: &Path,
-    values_file: &Path,
+    values: &[OsString],
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "template".into(),
@@ -44,9 +147,8 @@ pub(crate) fn template_args(
         "--kube-version".into(),
         request.kube_version.into(),
         "--include-crds".into(),
-        "--values".into(),
-        values_file.into(),
     ];
+    args.extend(values.iter().cloned());
     if request.is_upgrade {
         args.push("--is-upgrade".into());
     }
@@ -55,6 +157,71 @@ pub(crate) fn template_args(
         args.push(api_version.into());
     }
     args
+}
+
+/// The probe chart: no values of its own, so its `.Values` are exactly the user's merged
+/// values; and the chart's `values.yaml` as a file, read with `fromYaml`, which is helm's own
+/// values reader (the chart's render already proved that it reads).
+const PROBE_CHART_YAML: &str = "apiVersion: v2\nname: optikon-values-probe\nversion: 0.0.0\n";
+const PROBE_TEMPLATE: &str = "{{- dict \"config\" .Values \
+    \"defaults\" (.Files.Get \"defaults.yaml\" | fromYaml) \
+    \"chart\" (.Files.Get \"chart.yaml\" | fromYaml) | toJson -}}\n";
+
+/// Writes the probe chart for a chart whose `values.yaml` is `defaults`.
+fn write_probe(dir: &Path, defaults: &[u8], chart_yaml: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir.join("templates"))?;
+    std::fs::write(dir.join("Chart.yaml"), PROBE_CHART_YAML)?;
+    std::fs::write(dir.join("defaults.yaml"), defaults)?;
+    std::fs::write(dir.join("chart.yaml"), chart_yaml)?;
+    std::fs::write(dir.join("templates/values.yaml"), PROBE_TEMPLATE)
+}
+
+/// The probe's output (after its `# Source:` line): `{"config": …, "defaults": …, "chart": …}`.
+fn parse_probe(output: &str) -> Result<Probe, String> {
+    let json = output
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .ok_or("the values probe printed nothing")?;
+    let mut probe: Map<String, Value> =
+        serde_json::from_str(json).map_err(|e| format!("the values probe printed {e}"))?;
+    let mut take = |key: &str| match probe.remove(key) {
+        Some(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    Ok(Probe {
+        config: take("config"),
+        chart_values: take("defaults"),
+        chart_yaml: take("chart"),
+    })
+}
+
+/// What the probe read, as helm reads it.
+#[derive(Debug, Clone, PartialEq)]
+struct Probe {
+    config: Map<String, Value>,
+    chart_values: Map<String, Value>,
+    chart_yaml: Map<String, Value>,
+}
+
+/// Gives the string fields of chart `metadata` the text helm's loader gives them: helm reads
+/// `Chart.yaml` as YAML 1.1 and makes strings of the numbers it found, so `appVersion: 1.10`
+/// is "1.1" to helm (as `helm show chart` prints it) and `version: 1.0` is "1". `chart_yaml`
+/// is the file as helm's reader typed it.
+pub(crate) fn type_as_helm(metadata: &mut Value, chart_yaml: &Map<String, Value>) {
+    let Value::Object(metadata) = metadata else {
+        return;
+    };
+    for (key, field) in metadata.iter_mut() {
+        if let (Value::String(text), Some(Value::Number(read))) = (&*field, chart_yaml.get(key)) {
+            let helms = match read.as_f64() {
+                Some(float) if read.is_f64() => optikon_core::chart::helm_float_text(float),
+                _ => read.to_string(),
+            };
+            if *text != helms {
+                *field = Value::String(helms);
+            }
+        }
+    }
 }
 
 /// Writes chart files (paths relative to the chart root) under `dir`. Paths were checked when
@@ -86,7 +253,7 @@ pub(crate) async fn render(
     helm: &Path,
     files: &[(String, Vec<u8>)],
     request: &RenderRequest<'_>,
-) -> Result<Result<String, String>, ClusterError> {
+) -> Result<Result<Rendered, String>, ClusterError> {
     let scratch = tempfile::Builder::new()
         .prefix("optikon-render-")
         .tempdir()
@@ -95,56 +262,154 @@ pub(crate) async fn render(
     if let Err(reason) = write_chart(&chart_dir, files) {
         return Ok(Err(reason));
     }
-    let values_file = scratch.path().join("values.json");
-    let values = serde_json::to_vec(request.values).expect("a JSON map serializes");
-    std::fs::write(&values_file, values)
-        .map_err(|e| ClusterError::io("write the values file", e))?;
-
+    let (values, written) = values_args(
+        &scratch.path().join("values"),
+        request.values,
+        request.helm_values,
+    )
+    .map_err(|e| ClusterError::io("write the values files", e))?;
+    let mut names = vec![(chart_dir.clone(), "<chart>".to_owned())];
+    names.extend(written.into_iter().map(|w| (w.path, w.name)));
     let home = scratch.path().join("helm-home");
+
+    let manifest = match run_helm(helm, &home, template_args(request, &chart_dir, &values)).await? {
+        Ok(text) => text,
+        Err(stderr) => return Ok(Err(failure_reason(&stderr, &names))),
+    };
+
+    let probe_dir = scratch.path().join("probe");
+    let file = |name: &str| {
+        files
+            .iter()
+            .find(|(path, _)| path == name)
+            .map_or(&[][..], |(_, data)| data.as_slice())
+    };
+    write_probe(&probe_dir, file("values.yaml"), file("Chart.yaml"))
+        .map_err(|e| ClusterError::io("write the values probe chart", e))?;
+    let mut probe_args: Vec<OsString> = vec!["template".into(), "probe".into(), probe_dir.into()];
+    probe_args.extend(values);
+    let probe = match run_helm(helm, &home, probe_args).await? {
+        Ok(text) => text,
+        Err(stderr) => return Ok(Err(failure_reason(&stderr, &names))),
+    };
+    let probe = match parse_probe(&probe) {
+        Ok(read) => read,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    Ok(Ok(Rendered {
+        manifest,
+        config: probe.config,
+        chart_values: probe.chart_values,
+        chart_yaml: probe.chart_yaml,
+    }))
+}
+
+/// Runs helm with `args`, away from the host's helm settings and with only [`PASSED_ENV`]
+/// of the executor's environment. `Ok(Ok(stdout))` on success, `Ok(Err(stderr))` when helm
+/// refused.
+async fn run_helm(
+    helm: &Path,
+    home: &Path,
+    args: Vec<OsString>,
+) -> Result<Result<String, String>, ClusterError> {
     let mut command = tokio::process::Command::new(helm);
+    command.args(args).env_clear();
+    for name in PASSED_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
     command
-        .args(template_args(request, &chart_dir, &values_file))
-        // Keep helm away from the host's repositories, plugins and caches.
+        .env("HOME", home)
         .env("HELM_CACHE_HOME", home.join("cache"))
         .env("HELM_CONFIG_HOME", home.join("config"))
         .env("HELM_DATA_HOME", home.join("data"))
-        .env_remove("HELM_PLUGINS")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let output = match tokio::time::timeout(RENDER_TIMEOUT, command.output()).await {
-        Ok(output) => output.map_err(|source| ClusterError::Helm {
-            path: helm.to_owned(),
-            source,
-        })?,
+    let spawn_error = |source| ClusterError::Helm {
+        path: helm.to_owned(),
+        source,
+    };
+    let mut child = command.spawn().map_err(spawn_error)?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let run = async {
+        let (out, err) = tokio::join!(
+            read_bounded(stdout, MAX_OUTPUT_BYTES),
+            read_bounded(stderr, MAX_STDERR_BYTES)
+        );
+        let status = child.wait().await;
+        (out, err, status)
+    };
+    let (out, err, status) = match tokio::time::timeout(RENDER_TIMEOUT, run).await {
+        Ok(done) => done,
         Err(_) => {
             return Ok(Err(format!(
-                "helm template did not finish within {}s",
+                "Error: helm template did not finish within {}s",
                 RENDER_TIMEOUT.as_secs()
             )));
         }
     };
-    if output.status.success() {
-        let text = String::from_utf8(output.stdout)
-            .map_err(|_| "helm template printed output that is not UTF-8".to_owned());
-        return Ok(text);
-    }
-    if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&output.status) {
+    let status = status.map_err(spawn_error)?;
+    let out = out.map_err(|e| ClusterError::io("read helm's output", e))?;
+    let err = err.map_err(|e| ClusterError::io("read helm's errors", e))?;
+    if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
         // Killed (e.g. the executor's shutdown reached helm too): says nothing of the chart.
         return Err(ClusterError::io(
             "render with helm template",
             std::io::Error::other(format!("helm was killed by signal {signal}")),
         ));
     }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    Ok(Err(failure_reason(&stderr, &chart_dir)))
+    let Bounded::Whole(out) = out else {
+        return Ok(Err(format!(
+            "Error: helm template printed more than {} MiB; the chart renders too much",
+            MAX_OUTPUT_BYTES >> 20
+        )));
+    };
+    if !status.success() {
+        let (Bounded::Whole(err) | Bounded::Cut(err)) = err;
+        return Ok(Err(String::from_utf8_lossy(&err).into_owned()));
+    }
+    Ok(String::from_utf8(out)
+        .map_err(|_| "Error: helm template printed output that is not UTF-8".to_owned()))
+}
+
+/// Output read up to a limit: all of it, or the first `limit` bytes of more.
+enum Bounded {
+    Whole(Vec<u8>),
+    Cut(Vec<u8>),
+}
+
+/// Reads `reader` to its end, keeping at most `limit` bytes; reading on past the limit (and
+/// dropping it) lets the writer finish instead of blocking on a full pipe.
+async fn read_bounded(
+    mut reader: impl AsyncRead + Unpin,
+    limit: usize,
+) -> std::io::Result<Bounded> {
+    let mut kept = Vec::new();
+    let mut cut = false;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let room = limit.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+        cut |= n > room;
+    }
+    Ok(if cut {
+        Bounded::Cut(kept)
+    } else {
+        Bounded::Whole(kept)
+    })
 }
 
 /// helm's error output as a reason a user can act on: the `Error:` line(s), scratch paths
-/// removed, bounded in length.
-pub(crate) fn failure_reason(stderr: &str, chart_dir: &Path) -> String {
-    let dir = chart_dir.to_string_lossy();
+/// replaced by the names the user knows (`names`: path, name), bounded in length.
+pub(crate) fn failure_reason(stderr: &str, names: &[(PathBuf, String)]) -> String {
     let lines: Vec<&str> = stderr
         .lines()
         .map(str::trim)
@@ -157,8 +422,17 @@ pub(crate) fn failure_reason(stderr: &str, chart_dir: &Path) -> String {
         .position(|l| l.starts_with("Error:"))
         .unwrap_or(0);
     let text = lines[start..].join("; ");
-    let text = text.strip_prefix("Error:").unwrap_or(&text).trim();
-    let text = text.replace(&*dir, "<chart>");
+    let mut text = text
+        .strip_prefix("Error:")
+        .unwrap_or(&text)
+        .trim()
+        .to_owned();
+    // Longest paths first, so a file inside the chart directory keeps its own name.
+    let mut names: Vec<&(PathBuf, String)> = names.iter().collect();
+    names.sort_by_key(|(path, _)| std::cmp::Reverse(path.as_os_str().len()));
+    for (path, name) in names {
+        text = text.replace(&*path.to_string_lossy(), name);
+    }
     let text = if text.is_empty() {
         "helm template failed without saying why".to_owned()
     } else {
@@ -184,6 +458,7 @@ mod tests {
             "apps/v1/Deployment".to_owned(),
         ];
         let values = Map::new();
+        let helm_values = HelmValues::default();
         let request = RenderRequest {
             release: "web",
             namespace: "shop",
@@ -191,12 +466,13 @@ mod tests {
             api_versions: &api_versions,
             is_upgrade: true,
             values: &values,
+            helm_values: &helm_values,
         };
-        let args: Vec<String> =
-            template_args(&request, Path::new("/x/chart"), Path::new("/x/values.json"))
-                .into_iter()
-                .map(|a| a.into_string().unwrap())
-                .collect();
+        let values_args = ["--values".into(), "/x/values.json".into()];
+        let args: Vec<String> = template_args(&request, Path::new("/x/chart"), &values_args)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
         let joined = args.join(" ");
         assert!(joined.starts_with("template web /x/chart --namespace shop --kube-version v1.34.4 --include-crds --values /x/values.json --is-upgrade"), "{joined}");
         assert!(
@@ -210,8 +486,92 @@ mod tests {
             is_upgrade: false,
             ..request
         };
-        let args = template_args(&install, Path::new("/c"), Path::new("/v"));
+        let args = template_args(&install, Path::new("/c"), &[]);
         assert!(!args.iter().any(|a| a == "--is-upgrade"));
+    }
+
+    #[test]
+    fn values_reach_helm_as_given_in_helms_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: Map<String, Value> = serde_json::from_str(r#"{"a": 1}"#).unwrap();
+        let helm_values = HelmValues {
+            files: vec![optikon_core::values::ValuesFile {
+                name: "prod.yaml".into(),
+                text: "flag: no\nmode: 0644\n".into(),
+            }],
+            set: vec!["b=2".into()],
+            set_string: vec!["c=3".into()],
+            set_json: vec![r#"d={"e":1}"#.into()],
+            set_literal: vec!["f=a,b".into()],
+            set_file: vec![optikon_core::values::SetFile {
+                key: "conf".into(),
+                name: "app.conf".into(),
+                text: "x = 1\n".into(),
+            }],
+        };
+        let (args, written) = values_args(dir.path(), &values, &helm_values).unwrap();
+        let d = dir.path().display();
+        let args: Vec<String> = args.into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(
+            args.join(" "),
+            format!(
+                "--values {d}/values.json --values {d}/values-0.yaml --set-json d={{\"e\":1}} \
+                 --set b=2 --set-string c=3 --set-literal f=a,b --set-file conf={d}/set-file-0"
+            )
+        );
+        // Written byte for byte: helm, not Optikon, reads the YAML.
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("values-0.yaml")).unwrap(),
+            "flag: no\nmode: 0644\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("set-file-0")).unwrap(),
+            "x = 1\n"
+        );
+        let names: Vec<&str> = written.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["the request's values", "prod.yaml", "app.conf"]);
+
+        let (args, written) = values_args(dir.path(), &Map::new(), &HelmValues::default()).unwrap();
+        assert!(args.is_empty() && written.is_empty());
+    }
+
+    #[test]
+    fn metadata_strings_take_helms_reading_of_numbers() {
+        let mut metadata = serde_json::json!({
+            "name": "c", "version": "1.0", "appVersion": "1.10", "description": "0644",
+            "home": "1.23456789012"
+        });
+        let read = serde_json::json!({
+            "name": "c", "version": 1, "appVersion": 1.1, "description": 420,
+            "home": 1.23456789012
+        });
+        type_as_helm(&mut metadata, read.as_object().unwrap());
+        assert_eq!(
+            metadata,
+            serde_json::json!({
+                "name": "c", "version": "1", "appVersion": "1.1", "description": "420",
+                "home": "1.2345679"
+            })
+        );
+    }
+
+    #[test]
+    fn the_probe_prints_config_and_chart_values() {
+        let output = "---\n# Source: optikon-values-probe/templates/values.yaml\n{\"config\":{\"flag\":false},\"defaults\":{\"mode\":420},\"chart\":{\"appVersion\":1.1}}\n";
+        let probe = parse_probe(output).unwrap();
+        assert_eq!(
+            Value::Object(probe.config),
+            serde_json::json!({"flag": false})
+        );
+        assert_eq!(
+            Value::Object(probe.chart_values),
+            serde_json::json!({"mode": 420})
+        );
+        assert_eq!(
+            Value::Object(probe.chart_yaml),
+            serde_json::json!({"appVersion": 1.1})
+        );
+        assert!(parse_probe("").is_err());
     }
 
     #[test]
@@ -240,20 +600,99 @@ mod tests {
     #[test]
     fn failure_reason_is_helms_error_without_scratch_paths() {
         let stderr = "walk.go:75: found symbolic link in path\nError: YAML parse error on web/templates/bad.yaml: error converting YAML to JSON: yaml: line 3: mapping values are not allowed in this context\nUse --debug flag to render out invalid YAML\n";
-        let reason = failure_reason(stderr, Path::new("/tmp/optikon-render-1/chart"));
+        let names = |chart: &str| vec![(PathBuf::from(chart), "<chart>".to_owned())];
+        let reason = failure_reason(stderr, &names("/tmp/optikon-render-1/chart"));
         assert_eq!(
             reason,
             "YAML parse error on web/templates/bad.yaml: error converting YAML to JSON: yaml: line 3: mapping values are not allowed in this context"
         );
         let reason = failure_reason(
             "Error: Chart.yaml file is missing in /tmp/s/chart\n",
-            Path::new("/tmp/s/chart"),
+            &names("/tmp/s/chart"),
         );
         assert_eq!(reason, "Chart.yaml file is missing in <chart>");
+        let mut both = names("/tmp/s/chart");
+        both.push((
+            PathBuf::from("/tmp/s/values/values-0.yaml"),
+            "prod.yaml".into(),
+        ));
+        let reason = failure_reason(
+            "Error: failed to parse /tmp/s/values/values-0.yaml: error converting YAML to JSON\n",
+            &both,
+        );
         assert_eq!(
-            failure_reason("", Path::new("/c")),
+            reason,
+            "failed to parse prod.yaml: error converting YAML to JSON"
+        );
+        assert_eq!(
+            failure_reason("", &names("/c")),
             "helm template failed without saying why"
         );
-        assert!(failure_reason(&"Error: x".repeat(2000), Path::new("/c")).ends_with('…'));
+        assert!(failure_reason(&"Error: x".repeat(2000), &names("/c")).ends_with('…'));
+    }
+
+    #[tokio::test]
+    async fn output_is_read_to_a_bound() {
+        let text = b"0123456789".as_slice();
+        let Bounded::Whole(all) = read_bounded(text, 10).await.unwrap() else {
+            panic!("ten bytes fit a bound of ten");
+        };
+        assert_eq!(all, b"0123456789");
+        let Bounded::Cut(first) = read_bounded(text, 4).await.unwrap() else {
+            panic!("ten bytes do not fit a bound of four");
+        };
+        assert_eq!(first, b"0123");
+    }
+
+    /// helm sees only [`PASSED_ENV`] of the executor's environment and its own scratch
+    /// homes. A shell script in helm's place prints what it was given: this checks our
+    /// process set-up, not helm.
+    #[tokio::test]
+    async fn helm_runs_with_only_the_passed_environment() {
+        // The shell sets PWD, SHLVL and _ itself.
+        let by_shell = ["PWD", "SHLVL", "_"];
+        let outside: Vec<String> = std::env::vars()
+            .map(|(name, _)| name)
+            .filter(|name| {
+                !PASSED_ENV.contains(&name.as_str())
+                    && !by_shell.contains(&name.as_str())
+                    && name != "HOME"
+            })
+            .collect();
+        assert!(
+            !outside.is_empty(),
+            "the test needs a variable helm must not see, and the environment has none"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("print-env");
+        std::fs::write(&script, "#!/bin/sh\nexec env\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let home = dir.path().join("home");
+        let printed = run_helm(&script, &home, vec![]).await.unwrap().unwrap();
+        let seen: std::collections::BTreeMap<&str, &str> = printed
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .collect();
+        for name in seen.keys() {
+            assert!(
+                PASSED_ENV.contains(name)
+                    || by_shell.contains(name)
+                    || *name == "HOME"
+                    || name.starts_with("HELM_"),
+                "helm was given {name}"
+            );
+        }
+        for name in &outside {
+            assert!(!seen.contains_key(name.as_str()), "helm was given {name}");
+        }
+        assert_eq!(seen.get("HOME"), Some(&&*home.to_string_lossy()));
+        assert_eq!(
+            seen.get("HELM_CONFIG_HOME"),
+            Some(&&*home.join("config").to_string_lossy())
+        );
+        if let Ok(path) = std::env::var("PATH") {
+            assert_eq!(seen.get("PATH"), Some(&path.as_str()));
+        }
     }
 }
