@@ -666,3 +666,140 @@ async fn a_failing_pre_install_hook_fails_the_install() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A chart archive made with tar, not `helm package` (which would rewrite Chart.yaml), so that
+/// the hub and the edge see `version: 1` and `appVersion: 1.10` unquoted, as written.
+fn tar_chart(dir: &Path, name: &str, files: &[(&str, &str)]) -> anyhow::Result<std::path::PathBuf> {
+    for (path, text) in files {
+        let path = dir.join(name).join(path);
+        std::fs::create_dir_all(path.parent().context("chart file has a parent")?)?;
+        std::fs::write(path, text)?;
+    }
+    let archive = dir.join(format!("{name}.tgz"));
+    let out = std::process::Command::new("tar")
+        .current_dir(dir)
+        .arg("czf")
+        .arg(&archive)
+        .arg(name)
+        .output()?;
+    ensure!(out.status.success(), "tar: {out:?}");
+    Ok(archive)
+}
+
+/// What helm says of the release on one site: its values as given and as computed, the
+/// values the chart saw, and its chart and app version.
+async fn values_seen(testbed: &Testbed, site: &str, ns: &str) -> anyhow::Result<Vec<String>> {
+    let get = |args: &[&str]| -> anyhow::Result<String> {
+        let mut all = vec!["get", "values", RELEASE, "-n", ns, "-o", "json"];
+        all.extend(args);
+        Ok(helm(testbed, site, &all)?.ok()?.stdout)
+    };
+    let configmaps: Api<ConfigMap> = Api::namespaced(kube_client(testbed, site).await?, ns);
+    let rendered = configmaps
+        .get(&format!("{RELEASE}-values"))
+        .await?
+        .data
+        .unwrap_or_default()
+        .remove("values.json")
+        .context("the ConfigMap holds values.json")?;
+    let rows = history(testbed, site, ns)?;
+    let newest = rows.last().context("a history")?;
+    Ok(vec![
+        format!("helm get values: {}", get(&[])?.trim()),
+        format!("helm get values --all: {}", get(&["--all"])?.trim()),
+        format!("rendered: {rendered}"),
+        format!("chart {} app {}", newest.chart, newest.app_version),
+    ])
+}
+
+/// One values file, read as helm reads it: `flag: no` is false, `mode: 0644` is 420 (YAML
+/// 1.1), on install and upgrade, with every kind of `--set`. And Chart.yaml's `version: 1`
+/// is a version (helm packages it) and `appVersion: 1.10` reads as helm reads it.
+#[tokio::test]
+async fn values_and_chart_fields_are_read_as_helm_reads_them() -> anyhow::Result<()> {
+    const NS: &str = "parity-values";
+    let testbed = testbed().await;
+    wait_until_healthy(&testbed).await?;
+    let dir = tempfile::tempdir()?;
+    let chart = tar_chart(
+        dir.path(),
+        "parity-values",
+        &[
+            (
+                "Chart.yaml",
+                "apiVersion: v2\nname: parity-values\nversion: 1\nappVersion: 1.10\n",
+            ),
+            (
+                "values.yaml",
+                "enabled: yes\nreplicas: 010\nnothing: ~\nimage:\n  tag: 1.20\n",
+            ),
+            (
+                "templates/values.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-values\ndata:\n  values.json: {{ toJson .Values | quote }}\n",
+            ),
+        ],
+    )?;
+    let chart = chart.to_str().context("chart path is UTF-8")?;
+    let values_file = dir.path().join("prod.yaml");
+    std::fs::write(&values_file, "flag: no\nmode: 0644\nlist: [on, off, 1e3]\n")?;
+    let motd = dir.path().join("motd.txt");
+    std::fs::write(&motd, "welcome: 01\n")?;
+    let values_file = values_file.to_str().context("UTF-8 path")?;
+    let set_file = format!("motd={}", motd.to_str().context("UTF-8 path")?);
+    let flags = [
+        "-f",
+        values_file,
+        "--set",
+        "count=010,on=yes",
+        "--set-string",
+        "tag=0644",
+        "--set-json",
+        r#"obj={"a":[1,2.50]}"#,
+        "--set-file",
+        &set_file,
+        "--set-literal",
+        "lit=a,b",
+    ];
+
+    let mut install = vec!["install", RELEASE, chart, "-n", NS, "-l", OPTIKON_SELECTOR];
+    install.extend(flags);
+    optikon(&testbed, &install)?.ok()?;
+    let mut by_helm = vec!["--create-namespace"];
+    by_helm.extend(flags);
+    helm_upgrade_install(&testbed, chart, NS, &by_helm)?.ok()?;
+
+    let ours = values_seen(&testbed, OPTIKON_SITE, NS).await?;
+    assert_eq!(ours, values_seen(&testbed, HELM_SITE, NS).await?, "install");
+    let rendered: Value = serde_json::from_str(
+        ours[2]
+            .strip_prefix("rendered: ")
+            .context("rendered values")?,
+    )?;
+    assert_eq!(
+        (&rendered["flag"], &rendered["mode"], &rendered["enabled"]),
+        (
+            &Value::Bool(false),
+            &serde_json::json!(420),
+            &Value::Bool(true)
+        ),
+        "YAML 1.1, as helm reads it: {rendered}"
+    );
+
+    // Upgrade with another file on top: the same on both sides again.
+    let second = dir.path().join("more.yaml");
+    std::fs::write(&second, "mode: 0755\nimage:\n  tag: '1.20'\n")?;
+    let second = second.to_str().context("UTF-8 path")?;
+    let mut upgrade = vec!["upgrade", RELEASE, chart, "-n", NS, "-l", OPTIKON_SELECTOR];
+    upgrade.extend(flags);
+    upgrade.extend(["-f", second]);
+    optikon(&testbed, &upgrade)?.ok()?;
+    let mut by_helm = flags.to_vec();
+    by_helm.extend(["-f", second]);
+    helm_upgrade_install(&testbed, chart, NS, &by_helm)?.ok()?;
+    assert_eq!(
+        values_seen(&testbed, OPTIKON_SITE, NS).await?,
+        values_seen(&testbed, HELM_SITE, NS).await?,
+        "upgrade"
+    );
+    Ok(())
+}
