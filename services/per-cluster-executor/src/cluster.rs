@@ -56,6 +56,9 @@ pub struct ClusterTarget {
     /// Refreshed before each render, and after CRDs are created.
     catalog: RwLock<Arc<ApiCatalog>>,
     wait: Duration,
+    /// The kubeconfig `client` was made from, for helm's `lookup`; `None`: helm finds the
+    /// cluster as the client did (`KUBECONFIG`, or the pod's service account).
+    kubeconfig: Option<PathBuf>,
     /// Drift correction's memory: each object's `resourceVersion` as last seen right after
     /// putting it in place; an object still at that version cannot have drifted.
     drift_seen: drift::Seen,
@@ -233,13 +236,22 @@ struct LoadedChart {
 }
 
 impl ClusterTarget {
-    /// Connects with the default kube config (`KUBECONFIG`, else in-cluster), reads `/version`
-    /// and the API groups.
+    /// Connects with the default kube config (`KUBECONFIG`, else `~/.kube/config`, else
+    /// in-cluster), reads `/version` and the API groups.
     pub async fn connect(helm: PathBuf) -> Result<Self, ClusterError> {
         let client = kube::Client::try_default()
             .await
             .map_err(ClusterError::Config)?;
-        Self::connect_with(client, helm).await
+        let target = Self::connect_with(client, helm).await?;
+        // helm runs with its home in scratch, so it would not find `~/.kube/config` itself;
+        // `KUBECONFIG` and the service account it finds as the client did.
+        let home_config = std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join(".kube/config"))
+            .filter(|path| std::env::var_os("KUBECONFIG").is_none() && path.is_file());
+        Ok(match home_config {
+            Some(path) => target.with_kubeconfig(path),
+            None => target,
+        })
     }
 
     /// Like [`ClusterTarget::connect`], with a client made elsewhere.
@@ -257,6 +269,7 @@ impl ClusterTarget {
             kube_version: version.git_version,
             catalog: RwLock::new(Arc::new(catalog)),
             wait: DEFAULT_WAIT,
+            kubeconfig: None,
             drift_seen: drift::Seen::default(),
         })
     }
@@ -264,6 +277,14 @@ impl ClusterTarget {
     /// How long to wait for readiness or deletion before failing (default [`DEFAULT_WAIT`]).
     pub fn with_wait_timeout(mut self, wait: Duration) -> Self {
         self.wait = wait;
+        self
+    }
+
+    /// The kubeconfig file the client was made from, when [`ClusterTarget::connect_with`]
+    /// was given a client that did not come from `KUBECONFIG`: helm's `lookup` needs it to
+    /// reach the same cluster.
+    pub fn with_kubeconfig(mut self, path: PathBuf) -> Self {
+        self.kubeconfig = Some(path);
         self
     }
 
@@ -449,6 +470,7 @@ impl ClusterTarget {
             is_upgrade: previous.live.is_some(),
             values: &values,
             helm_values: &desired.helm_values,
+            kubeconfig: self.kubeconfig.as_deref(),
         };
         let rendered = match render::render(&self.helm, &chart.files, &request).await? {
             Ok(rendered) => rendered,

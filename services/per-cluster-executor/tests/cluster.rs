@@ -35,6 +35,7 @@ impl Bed {
             .await
             .expect("connect to the test cluster")
             .with_wait_timeout(wait)
+            .with_kubeconfig(self.kubeconfig.clone())
     }
 
     /// Runs the real helm CLI against the cluster; fails on a non-zero exit.
@@ -317,6 +318,7 @@ async fn releases_on_a_real_cluster() -> Result<()> {
                     .await
                     .context("rollback hook")
             },
+            async { lookup_reads_the_live_cluster(&bed).await.context("lookup") },
         )?;
         eprintln!("other scenarios: {:?}", t.elapsed());
         Ok::<_, anyhow::Error>(())
@@ -693,6 +695,92 @@ async fn upgrade_without_release_fails(bed: &Bed) -> Result<()> {
         (outcome.state, outcome.reason.as_deref()),
         (ReleaseState::Uninstalled, Some("not installed"))
     );
+    Ok(())
+}
+
+/// `lookup` in a template reads the live cluster, as in `helm upgrade --install`: a chart that
+/// keeps a generated password across upgrades (the common use) finds the Secret it made, and
+/// one that reads another object finds its data. A lookup of something absent gives an empty
+/// map, as in helm.
+async fn lookup_reads_the_live_cluster(bed: &Bed) -> Result<()> {
+    let (ns, name) = ("looking", "looker");
+    let (_, tgz) = bed.chart(
+        "looker",
+        "1.0.0",
+        &[
+            (
+                "Chart.yaml",
+                "apiVersion: v2\nname: looker\nversion: 1.0.0\n",
+            ),
+            (
+                "templates/found.yaml",
+                r#"{{- $source := lookup "v1" "ConfigMap" .Release.Namespace "colours" }}
+{{- $absent := lookup "v1" "ConfigMap" .Release.Namespace "no-such-map" }}
+{{- $mine := lookup "v1" "Secret" .Release.Namespace "looker-password" }}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: looker-found
+data:
+  colour: {{ dig "data" "colour" "nothing" $source | quote }}
+  absent: {{ $absent | toJson | quote }}
+  kept: {{ if $mine }}"kept"{{ else }}"new"{{ end }}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: looker-password
+data:
+  password: {{ dig "data" "password" (randAlphaNum 16 | b64enc) $mine | quote }}
+"#,
+            ),
+        ],
+    )?;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(bed.client.clone());
+    namespaces
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+        )
+        .await?;
+    let maps: Api<ConfigMap> = Api::namespaced(bed.client.clone(), ns);
+    maps.create(
+        &Default::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "colours"}, "data": {"colour": "teal"}
+        }))?,
+    )
+    .await?;
+
+    let target = bed.target(Duration::from_secs(60)).await;
+    let outcome = target
+        .execute(
+            &desired(ns, name, 1, Action::Install, json!({})),
+            Some(&tgz),
+        )
+        .await?;
+    assert_eq!(outcome.state, ReleaseState::Deployed, "{outcome:?}");
+    let found = maps.get("looker-found").await?.data.unwrap_or_default();
+    assert_eq!(found["colour"], "teal", "{found:?}");
+    assert_eq!(found["absent"], "{}", "{found:?}");
+    assert_eq!(found["kept"], "new", "{found:?}");
+    let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), ns);
+    let password = |secret: Secret| secret.data.unwrap_or_default().get("password").cloned();
+    let first = password(secrets.get("looker-password").await?);
+    assert!(first.is_some());
+
+    // The upgrade finds the Secret the install made, and keeps its password.
+    let outcome = target
+        .execute(
+            &desired(ns, name, 2, Action::Upgrade, json!({})),
+            Some(&tgz),
+        )
+        .await?;
+    assert_eq!(outcome.state, ReleaseState::Deployed, "{outcome:?}");
+    assert_eq!(outcome.revision, Some(2));
+    let found = maps.get("looker-found").await?.data.unwrap_or_default();
+    assert_eq!(found["kept"], "kept", "{found:?}");
+    assert_eq!(password(secrets.get("looker-password").await?), first);
     Ok(())
 }
 

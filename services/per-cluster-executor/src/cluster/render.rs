@@ -56,6 +56,9 @@ pub(crate) struct RenderRequest<'a> {
     pub values: &'a Map<String, Value>,
     /// Values files and flags as the user gave them, after `values`.
     pub helm_values: &'a HelmValues,
+    /// The kubeconfig helm's `lookup` reaches the cluster with; `None`: helm's own default
+    /// (`KUBECONFIG`, else the pod's service account), which is the executor's too.
+    pub kubeconfig: Option<&'a Path>,
 }
 
 /// What helm made of a chart and its values.
@@ -147,7 +150,13 @@ pub(crate) fn template_args(
         "--kube-version".into(),
         request.kube_version.into(),
         "--include-crds".into(),
+        // `lookup` reads the live cluster, as in `helm upgrade --install`; everything else
+        // stays client-side (capabilities come from the arguments below).
+        "--dry-run=server".into(),
     ];
+    if let Some(kubeconfig) = request.kubeconfig {
+        args.extend(["--kubeconfig".into(), kubeconfig.into()]);
+    }
     args.extend(values.iter().cloned());
     if request.is_upgrade {
         args.push("--is-upgrade".into());
@@ -467,6 +476,7 @@ mod tests {
             is_upgrade: true,
             values: &values,
             helm_values: &helm_values,
+            kubeconfig: Some(Path::new("/k/config")),
         };
         let values_args = ["--values".into(), "/x/values.json".into()];
         let args: Vec<String> = template_args(&request, Path::new("/x/chart"), &values_args)
@@ -474,7 +484,7 @@ mod tests {
             .map(|a| a.into_string().unwrap())
             .collect();
         let joined = args.join(" ");
-        assert!(joined.starts_with("template web /x/chart --namespace shop --kube-version v1.34.4 --include-crds --values /x/values.json --is-upgrade"), "{joined}");
+        assert!(joined.starts_with("template web /x/chart --namespace shop --kube-version v1.34.4 --include-crds --dry-run=server --kubeconfig /k/config --values /x/values.json --is-upgrade"), "{joined}");
         assert!(
             joined.ends_with(
                 "--api-versions v1 --api-versions apps/v1 --api-versions apps/v1/Deployment"
@@ -484,10 +494,15 @@ mod tests {
 
         let install = RenderRequest {
             is_upgrade: false,
+            kubeconfig: None,
             ..request
         };
         let args = template_args(&install, Path::new("/c"), &[]);
-        assert!(!args.iter().any(|a| a == "--is-upgrade"));
+        assert!(
+            !args
+                .iter()
+                .any(|a| a == "--is-upgrade" || a == "--kubeconfig")
+        );
     }
 
     #[test]
