@@ -1225,6 +1225,12 @@ async fn request_status(
     };
     let mut status: RequestStatus = serde_json::from_slice(&bytes)?;
     status.clusters = optikon_client::request_clusters(js, id).await?;
+    // The router writes the summary beside its clusters' entries, so for a moment the
+    // summary can name more targets than are listed; such a status is not read yet.
+    let targets = status.progress.map_or(0, |p| p.targets);
+    if status.error.is_none() && status.clusters.len() < targets {
+        return Ok(None);
+    }
     Ok(Some(status))
 }
 
