@@ -76,6 +76,17 @@ pub struct StoredRelease {
     pub first_deployed: Option<Timestamp>,
 }
 
+impl StoredRelease {
+    /// Whether an attempt left this revision `pending-*`: cut off before it could say how
+    /// it ended. Its generation is not carried out yet.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "pending-install" | "pending-upgrade" | "pending-rollback"
+        )
+    }
+}
+
 /// What became of one desired generation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -181,6 +192,18 @@ enum Verb {
 }
 
 impl Verb {
+    /// The record helm writes before it runs the pre hooks, overwritten when it is done.
+    fn pending(self) -> (Status, String) {
+        match self {
+            Verb::Install => (
+                Status::PendingInstall,
+                "Initial install underway".to_owned(),
+            ),
+            Verb::Upgrade => (Status::PendingUpgrade, "Preparing upgrade".to_owned()),
+            Verb::Rollback(to) => (Status::PendingRollback, format!("Rollback to {to}")),
+        }
+    }
+
     fn done(self) -> String {
         match self {
             Verb::Install => "Install complete".to_owned(),
@@ -323,9 +346,13 @@ impl ClusterTarget {
             );
             return Ok(outcome);
         }
+        let (history, resume) = self.take_over_interrupted(desired, history).await?;
+        let resume = resume.as_ref();
         let outcome = match desired.action {
-            Action::Install | Action::Upgrade => self.deploy(desired, chart_tgz, &history).await,
-            Action::Rollback => self.rollback(desired, &history).await,
+            Action::Install | Action::Upgrade => {
+                self.deploy(desired, chart_tgz, &history, resume).await
+            }
+            Action::Rollback => self.rollback(desired, &history, resume).await,
             Action::Uninstall => self.uninstall(desired, &history).await,
         };
         match &outcome {
@@ -392,6 +419,63 @@ impl ClusterTarget {
         }
     }
 
+    /// A `pending-*` record on top of the history is an attempt cut off half-way (the
+    /// executor died during its hooks or apply); helm would refuse to go on until someone
+    /// rolls back. This generation's own attempt is taken over: returned apart from the
+    /// history, its revision is written again. An older generation's is marked `failed`, as
+    /// it never finished, and the history goes on from it.
+    async fn take_over_interrupted(
+        &self,
+        desired: &DesiredRelease,
+        mut history: History,
+    ) -> Result<(History, Option<StoredRecord>), ClusterError> {
+        let Some(newest) = history.newest() else {
+            return Ok((history, None));
+        };
+        let Ok(mut release) = newest.decode() else {
+            // Unreadable: each action reports that itself.
+            return Ok((history, None));
+        };
+        if !release.info.status.is_pending() {
+            return Ok((history, None));
+        }
+        if newest.generation == Some(desired.generation) {
+            tracing::info!(
+                release = %desired.release,
+                namespace = %desired.namespace,
+                revision = newest.version,
+                "taking over this generation's interrupted revision"
+            );
+            let own = history.records.pop();
+            return Ok((history, own));
+        }
+        if desired.action == Action::Uninstall {
+            // The uninstall marks the newest record itself.
+            return Ok((history, None));
+        }
+        tracing::info!(
+            release = %desired.release,
+            namespace = %desired.namespace,
+            revision = newest.version,
+            generation = ?newest.generation,
+            "an older generation's revision was interrupted; marking it failed"
+        );
+        let reason = format!(
+            "interrupted before it finished; generation {} carried on",
+            desired.generation
+        );
+        release.info.description = match release.info.status {
+            Status::PendingInstall => Verb::Install.failed(&release.name, &reason),
+            Status::PendingRollback => Verb::Rollback(0).failed(&release.name, &reason),
+            _ => Verb::Upgrade.failed(&release.name, &reason),
+        };
+        release.info.status = Status::Failed;
+        let stored = newest.clone();
+        let written = self.update_record(&stored, &release, None).await?;
+        *history.records.last_mut().expect("newest exists") = written;
+        Ok((history, None))
+    }
+
     async fn history(&self, namespace: &str, release: &str) -> Result<History, ClusterError> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let list = secrets
@@ -427,6 +511,7 @@ impl ClusterTarget {
         desired: &DesiredRelease,
         chart_tgz: Option<&[u8]>,
         history: &History,
+        resume: Option<&StoredRecord>,
     ) -> Result<Outcome, ClusterError> {
         let (name, namespace) = (&desired.release, &desired.namespace);
         let previous = match previous(history, namespace) {
@@ -528,6 +613,7 @@ impl ClusterTarget {
         self.carry_out(
             desired,
             history,
+            resume,
             &previous,
             release,
             objects,
@@ -543,6 +629,7 @@ impl ClusterTarget {
         &self,
         desired: &DesiredRelease,
         history: &History,
+        resume: Option<&StoredRecord>,
     ) -> Result<Outcome, ClusterError> {
         let (name, namespace) = (&desired.release, &desired.namespace);
         let Some(newest) = history.newest() else {
@@ -602,6 +689,7 @@ impl ClusterTarget {
         self.carry_out(
             desired,
             history,
+            resume,
             &previous,
             release,
             objects,
@@ -611,14 +699,17 @@ impl ClusterTarget {
         .await
     }
 
-    /// Applies, prunes and waits with the hooks around it, then records a new revision. Before
-    /// anything is applied a failure leaves no record (as with Helm); after (a hook counts),
-    /// the revision is recorded `failed`.
+    /// Records the revision `pending-*`, as helm does, then runs the hooks around the
+    /// apply, prune and wait, and records how it ended. A failure before anything is applied
+    /// leaves no record (as with helm); after (a hook counts), the revision is recorded
+    /// `failed`. `resume` is this generation's own revision, left pending by an attempt that
+    /// was cut off: it is written over, not added to.
     #[allow(clippy::too_many_arguments)]
     async fn carry_out(
         &self,
         desired: &DesiredRelease,
         history: &History,
+        resume: Option<&StoredRecord>,
         previous: &Previous,
         mut release: HelmRelease,
         objects: Vec<ManifestObject>,
@@ -634,6 +725,18 @@ impl ClusterTarget {
             Err(Halt::Failed(reason)) => return Ok(Outcome::failed(reason).with_chart(&chart)),
             Err(Halt::Error(error)) => return Err(error),
         };
+        (release.info.status, release.info.description) = verb.pending();
+        let request_id = desired.request_id.as_str();
+        let recorded = match resume {
+            Some(own) => self.update_record(own, &release, Some(request_id)).await?,
+            None => match self.record_new(&release, request_id).await? {
+                Ok(recorded) => recorded,
+                Err(reason) => {
+                    let reason = format!("nothing was applied: {reason}");
+                    return Ok(Outcome::failed(reason).with_chart(&chart));
+                }
+            },
+        };
         let applied = self
             .hooks_around(desired, &mut release.hooks, verb, &pending, &prune)
             .await;
@@ -648,18 +751,17 @@ impl ClusterTarget {
             }
             Err(Halt::Error(error)) => return Err(error),
         }
-        if let Err(reason) = self.record_new(&release, &desired.request_id).await? {
-            // When the apply failed too, that failure is what the user must see first (a
-            // namespace being deleted refuses both the objects and the record).
-            let reason = match release.info.status {
-                Status::Failed => format!(
-                    "{} (and the failed revision {} could not be recorded)",
-                    release.info.description, release.version
-                ),
-                _ => reason,
-            };
-            return Ok(Outcome::failed(reason).with_chart(&chart));
-        }
+        // Should this write fail, the revision stays pending and the command is retried:
+        // the retry takes the revision over.
+        self.update_record(&recorded, &release, Some(request_id))
+            .await?;
+        tracing::info!(
+            release = %release.name,
+            namespace = %release.namespace,
+            revision = release.version,
+            status = %release.info.status,
+            "revision recorded"
+        );
         if release.info.status == Status::Deployed {
             self.supersede(history, release.version).await?;
         }
@@ -900,13 +1002,13 @@ impl ClusterTarget {
         }
     }
 
-    /// Creates the revision's Secret. `Ok(Err(reason))` if the API server refuses it for good
-    /// (e.g. larger than a Secret may be).
+    /// Creates the revision's Secret and returns it as stored. `Ok(Err(reason))` if the API
+    /// server refuses it for good (e.g. the namespace is being deleted).
     async fn record_new(
         &self,
         release: &HelmRelease,
         request_id: &str,
-    ) -> Result<Result<(), String>, ClusterError> {
+    ) -> Result<Result<StoredRecord, String>, ClusterError> {
         let at = OffsetDateTime::now_utc();
         let secret = match history::record_secret(release, SecretWrite::Create { at }, request_id) {
             Ok(secret) => secret,
@@ -918,7 +1020,7 @@ impl ClusterTarget {
         };
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &release.namespace);
         match api.create(&PostParams::default(), &secret).await {
-            Ok(_) => {
+            Ok(created) => {
                 tracing::info!(
                     release = %release.name,
                     namespace = %release.namespace,
@@ -926,7 +1028,12 @@ impl ClusterTarget {
                     status = %release.info.status,
                     "revision recorded"
                 );
-                Ok(Ok(()))
+                Ok(StoredRecord::from_secret(created).ok_or_else(|| {
+                    format!(
+                        "revision {} was recorded without its version label",
+                        release.version
+                    )
+                }))
             }
             Err(kube::Error::Api(status)) if status.code == 409 => Err(ClusterError::Conflict {
                 namespace: release.namespace.clone(),
@@ -941,7 +1048,7 @@ impl ClusterTarget {
                 source: e,
             }),
             Err(e) => Ok(Err(format!(
-                "the objects were applied but revision {} could not be recorded: {}",
+                "revision {} could not be recorded: {}",
                 release.version,
                 objects::rejection(&e)
             ))),

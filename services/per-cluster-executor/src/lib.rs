@@ -325,7 +325,10 @@ impl Executor {
                 .current(&desired.namespace, &desired.release)
                 .await
             {
-                Ok(current) => current.and_then(|c| c.generation),
+                // An interrupted revision of this generation is not carried out yet.
+                Ok(current) => current
+                    .filter(|c| !c.is_interrupted())
+                    .and_then(|c| c.generation),
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the release; left to the consumer");
                     return;
@@ -469,9 +472,12 @@ impl Executor {
                     .await;
                 return Ok(());
             }
-            Some(applied) if applied == desired.generation => {
+            Some(applied)
+                if applied == desired.generation
+                    && !current.as_ref().is_some_and(StoredRelease::is_interrupted) =>
+            {
                 // A redelivery or a duplicate: `execute` reports the stored result and
-                // applies nothing.
+                // applies nothing. (An interrupted revision goes on below, with its chart.)
                 let outcome = self
                     .target
                     .execute(desired, None)

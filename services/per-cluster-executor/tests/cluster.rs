@@ -319,6 +319,11 @@ async fn releases_on_a_real_cluster() -> Result<()> {
                     .context("rollback hook")
             },
             async { lookup_reads_the_live_cluster(&bed).await.context("lookup") },
+            async {
+                pending_records_as_helm_writes_them(&bed)
+                    .await
+                    .context("pending records")
+            },
         )?;
         eprintln!("other scenarios: {:?}", t.elapsed());
         Ok::<_, anyhow::Error>(())
@@ -995,6 +1000,125 @@ spec:
     assert!(configmaps.get_opt("hooked-app").await?.is_some());
     let history = bed.helm_json(&["history", name, "-n", ns])?;
     assert_eq!(history[1]["description"], "Upgrade complete", "{history}");
+    Ok(())
+}
+
+/// Waits until the newest record of `release` has `status`; `Err` after 30 s.
+async fn record_reaches(
+    bed: &Bed,
+    namespace: &str,
+    release: &str,
+    status: optikon_core::release_record::Status,
+) -> Result<optikon_core::release_record::HelmRelease> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(record) = newest_record(bed, namespace, release).await
+            && record.info.status == status
+        {
+            return Ok(record);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the record of {release} never became {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Helm's pending records: while a pre-install hook runs, the release's revision is already
+/// recorded `pending-install`, "Initial install underway". An executor that dies there (the
+/// attempt dropped mid-hook) leaves that record; the same generation run again takes the
+/// revision over instead of adding one, and a newer generation marks it failed, as it never
+/// finished, and records its own revision after it.
+async fn pending_records_as_helm_writes_them(bed: &Bed) -> Result<()> {
+    use optikon_core::release_record::Status;
+    let (ns, name) = ("pending", "pending");
+    let (_, tgz) = bed.chart(
+        "pending",
+        "1.0.0",
+        &[
+            (
+                "Chart.yaml",
+                "apiVersion: v2\nname: pending\nversion: 1.0.0\n",
+            ),
+            ("values.yaml", "nodeSelector: {}\n"),
+            (
+                "templates/app.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: pending-app\n",
+            ),
+            (
+                "templates/setup.yaml",
+                r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: pending-setup
+  annotations:
+    helm.sh/hook: pre-install,pre-upgrade
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      {{- with .Values.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: setup
+          image: busybox
+"#,
+            ),
+        ],
+    )?;
+    let stuck = json!({"nodeSelector": {"optikon.dev/no-such-node": "true"}});
+    let first = desired(ns, name, 1, Action::Install, stuck);
+    let target = bed.target(Duration::from_secs(120)).await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(bed.client.clone(), ns);
+    for attempt in 1..=2 {
+        // The attempt is dropped once its record says pending: an executor dying mid-hook.
+        let seen = tokio::select! {
+            outcome = target.execute(&first, Some(&tgz)) => {
+                anyhow::bail!("attempt {attempt} ended before it was cut off: {outcome:?}")
+            }
+            seen = record_reaches(bed, ns, name, Status::PendingInstall) => seen?,
+        };
+        assert_eq!(seen.version, 1, "attempt {attempt}");
+        assert_eq!(seen.info.description, "Initial install underway");
+        assert_eq!(
+            bed.release_secrets(ns, name).await?.len(),
+            1,
+            "attempt {attempt}: one revision"
+        );
+        assert!(
+            configmaps.get_opt("pending-app").await?.is_none(),
+            "nothing applied before the pre-install hook finished"
+        );
+    }
+    let history = bed.helm_json(&["history", name, "-n", ns])?;
+    assert_eq!(history[0]["status"], "pending-install", "{history}");
+
+    let outcome = target
+        .execute(
+            &desired(ns, name, 2, Action::Install, json!({})),
+            Some(&tgz),
+        )
+        .await?;
+    assert_eq!(
+        (outcome.state, outcome.revision),
+        (ReleaseState::Deployed, Some(2)),
+        "{outcome:?}"
+    );
+    let history = bed.helm_json(&["history", name, "-n", ns])?;
+    assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
+    assert_eq!(history[0]["status"], "failed", "{history}");
+    assert_eq!(
+        history[0]["description"],
+        "Release \"pending\" failed: interrupted before it finished; generation 2 carried on",
+        "{history}"
+    );
+    assert_eq!(history[1]["status"], "deployed", "{history}");
+    assert_eq!(history[1]["description"], "Upgrade complete", "{history}");
+    assert!(configmaps.get_opt("pending-app").await?.is_some());
     Ok(())
 }
 
