@@ -1003,24 +1003,19 @@ spec:
     Ok(())
 }
 
-/// Waits until the newest record of `release` has `status`; `Err` after 30 s.
-async fn record_reaches(
-    bed: &Bed,
-    namespace: &str,
-    release: &str,
-    status: optikon_core::release_record::Status,
-) -> Result<optikon_core::release_record::HelmRelease> {
+/// Waits until the hook Job `job` exists and is not the one with uid `not`: the attempt
+/// that made it has written its record and is running its hooks. Returns its uid.
+async fn hook_job_made(bed: &Bed, namespace: &str, job: &str, not: Option<&str>) -> Result<String> {
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> =
+        Api::namespaced(bed.client.clone(), namespace);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(record) = newest_record(bed, namespace, release).await
-            && record.info.status == status
+        if let Some(uid) = jobs.get_opt(job).await?.and_then(|j| j.metadata.uid)
+            && Some(uid.as_str()) != not
         {
-            return Ok(record);
+            return Ok(uid);
         }
-        ensure!(
-            Instant::now() < deadline,
-            "the record of {release} never became {status}"
-        );
+        ensure!(Instant::now() < deadline, "hook job {job} was never made");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -1074,14 +1069,22 @@ spec:
     let first = desired(ns, name, 1, Action::Install, stuck);
     let target = bed.target(Duration::from_secs(120)).await;
     let configmaps: Api<ConfigMap> = Api::namespaced(bed.client.clone(), ns);
+    let mut hook_uid = None;
     for attempt in 1..=2 {
-        // The attempt is dropped once its record says pending: an executor dying mid-hook.
-        let seen = tokio::select! {
+        // The attempt is dropped once its hook runs: an executor dying mid-hook.
+        let uid = tokio::select! {
             outcome = target.execute(&first, Some(&tgz)) => {
                 anyhow::bail!("attempt {attempt} ended before it was cut off: {outcome:?}")
             }
-            seen = record_reaches(bed, ns, name, Status::PendingInstall) => seen?,
+            uid = hook_job_made(bed, ns, "pending-setup", hook_uid.as_deref()) => uid?,
         };
+        hook_uid = Some(uid);
+        let seen = newest_record(bed, ns, name).await?;
+        assert_eq!(
+            seen.info.status,
+            Status::PendingInstall,
+            "attempt {attempt}"
+        );
         assert_eq!(seen.version, 1, "attempt {attempt}");
         assert_eq!(seen.info.description, "Initial install underway");
         assert_eq!(
