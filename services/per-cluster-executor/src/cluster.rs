@@ -571,6 +571,7 @@ impl ClusterTarget {
         record.values = rendered.chart_values;
         render::type_as_helm(&mut record.metadata, &rendered.chart_yaml);
         let config = rendered.config;
+        let notes = rendered.notes;
         let rendered = match manifest::parse(&rendered.manifest) {
             Ok(rendered) => rendered,
             Err(error) => {
@@ -597,6 +598,7 @@ impl ClusterTarget {
             info: Info {
                 first_deployed: Some(first_deployed),
                 last_deployed: Some(now),
+                notes,
                 ..Info::default()
             },
             chart: record,

@@ -704,17 +704,22 @@ async fn values_seen(testbed: &Testbed, site: &str, ns: &str) -> anyhow::Result<
         .context("the ConfigMap holds values.json")?;
     let rows = history(testbed, site, ns)?;
     let newest = rows.last().context("a history")?;
+    let notes = helm(testbed, site, &["get", "notes", RELEASE, "-n", ns])?
+        .ok()?
+        .stdout;
     Ok(vec![
         format!("helm get values: {}", get(&[])?.trim()),
         format!("helm get values --all: {}", get(&["--all"])?.trim()),
         format!("rendered: {rendered}"),
         format!("chart {} app {}", newest.chart, newest.app_version),
+        format!("helm get notes: {notes}"),
     ])
 }
 
 /// One values file, read as helm reads it: `flag: no` is false, `mode: 0644` is 420 (YAML
 /// 1.1), on install and upgrade, with every kind of `--set`. And Chart.yaml's `version: 1`
-/// is a version (helm packages it) and `appVersion: 1.10` reads as helm reads it.
+/// is a version (helm packages it) and `appVersion: 1.10` reads as helm reads it. The NOTES
+/// (`helm get notes`) read the same too, `.Release.IsInstall` and a missing value included.
 #[tokio::test]
 async fn values_and_chart_fields_are_read_as_helm_reads_them() -> anyhow::Result<()> {
     const NS: &str = "parity-values";
@@ -736,6 +741,16 @@ async fn values_and_chart_fields_are_read_as_helm_reads_them() -> anyhow::Result
             (
                 "templates/values.yaml",
                 "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-values\ndata:\n  values.json: {{ toJson .Values | quote }}\n",
+            ),
+            (
+                "templates/_names.tpl",
+                "{{ define \"parity.who\" }}{{ .Release.Name }}@{{ .Release.Namespace }}{{ end }}",
+            ),
+            (
+                "templates/NOTES.txt",
+                "{{ template \"parity.who\" . }}{{ if .Release.IsInstall }} installed{{ else }} upgraded{{ end }}.\n\
+                 flag={{ .Values.flag }} mode={{ .Values.mode }} missing=[{{ .Values.nope }}] <b>&\n\
+                 {{- /* a comment */}}\n  chart {{ .Chart.Name }}-{{ .Chart.Version }} app {{ .Chart.AppVersion }}\n",
             ),
         ],
     )?;

@@ -5,6 +5,10 @@
 //! out and handed to helm as they came, so helm types them (YAML 1.1: `flag: no` is false).
 //! The values the release record keeps (`config`, the chart's own values) are read by helm
 //! too: a second, tiny `helm template` of a probe chart prints them as helm holds them.
+//!
+//! `helm template` renders NOTES.txt but never prints it; the release record keeps it
+//! (`helm get notes`). So the chart gets one more template that includes the NOTES text,
+//! rendered by the same run, and its output is taken back out of the manifest.
 
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
@@ -73,6 +77,75 @@ pub(crate) struct Rendered {
     /// `Chart.yaml` as helm's YAML reader types it, before helm's loader makes strings of
     /// its scalars (`appVersion: 1.10` is the number 1.1 here).
     pub chart_yaml: Map<String, Value>,
+    /// The chart's `templates/NOTES.txt` rendered (empty without one), as helm stores it.
+    pub notes: String,
+}
+
+/// The chart's own NOTES, as helm finds them (a subchart's are not rendered, as with helm's
+/// default `--render-subchart-notes=false`).
+const NOTES_FILE: &str = "templates/NOTES.txt";
+/// The template added to print the NOTES, and the partial holding NOTES.txt's text.
+const NOTES_TEMPLATE: &str = "templates/optikon.dev-rendered-notes.yaml";
+const NOTES_PARTIAL: &str = "templates/_optikon.dev-rendered-notes.tpl";
+const NOTES_DEFINE: &str = "optikon.dev/rendered-notes";
+
+/// Adds the templates that print the chart's NOTES (`notes`, NOTES.txt's text) to the chart
+/// in `chart_dir`. `Ok(false)` when that cannot be done: NOTES.txt defines templates itself,
+/// and a `define` cannot hold another.
+fn add_notes_template(chart_dir: &Path, notes: &[u8]) -> std::io::Result<bool> {
+    let text = String::from_utf8_lossy(notes);
+    if defines_templates(&text) {
+        return Ok(false);
+    }
+    // No trim markers: the define holds NOTES.txt's text exactly.
+    let partial = format!("{{{{ define \"{NOTES_DEFINE}\" }}}}{text}{{{{ end }}}}");
+    std::fs::write(chart_dir.join(NOTES_PARTIAL), partial)?;
+    let template = format!(
+        "apiVersion: optikon.dev/v1\nkind: RenderedNotes\nnotes: \
+         {{{{ include \"{NOTES_DEFINE}\" . | toJson }}}}\n"
+    );
+    std::fs::write(chart_dir.join(NOTES_TEMPLATE), template)?;
+    Ok(true)
+}
+
+/// Whether template text has a `define` or `block` action.
+fn defines_templates(text: &str) -> bool {
+    text.match_indices("{{").any(|(at, _)| {
+        let action = text[at + 2..].trim_start_matches('-').trim_start();
+        action.starts_with("define") || action.starts_with("block")
+    })
+}
+
+/// Takes the notes document out of `helm template`'s output and returns the NOTES text as
+/// helm stores it (helm blanks `<no value>` in every rendered file; inside the JSON string
+/// it escaped that, so it is blanked here).
+fn take_notes(manifest: &mut String) -> Result<String, String> {
+    let source = format!("/{NOTES_TEMPLATE}\n");
+    let Some(line) = manifest
+        .match_indices("# Source: ")
+        .map(|(at, _)| at)
+        .find(|&at| {
+            manifest[at..]
+                .lines()
+                .next()
+                .is_some_and(|l| format!("{l}\n").ends_with(&source))
+        })
+    else {
+        return Err("the NOTES template printed nothing".to_owned());
+    };
+    let start = manifest[..line].rfind("---\n").unwrap_or(line);
+    let end = manifest[line..]
+        .find("\n---\n")
+        .map_or(manifest.len(), |at| line + at + 1);
+    let doc = manifest[start..end].to_owned();
+    manifest.replace_range(start..end, "");
+    let json = doc
+        .lines()
+        .find_map(|l| l.strip_prefix("notes: "))
+        .ok_or("the NOTES template printed no notes")?;
+    let notes: String =
+        serde_json::from_str(json).map_err(|e| format!("the NOTES template printed {e}"))?;
+    Ok(notes.replace("<no value>", ""))
 }
 
 /// A values file or `--set-file` file written for helm: where it is, and the name the user
@@ -277,22 +350,43 @@ pub(crate) async fn render(
         request.helm_values,
     )
     .map_err(|e| ClusterError::io("write the values files", e))?;
-    let mut names = vec![(chart_dir.clone(), "<chart>".to_owned())];
-    names.extend(written.into_iter().map(|w| (w.path, w.name)));
-    let home = scratch.path().join("helm-home");
-
-    let manifest = match run_helm(helm, &home, template_args(request, &chart_dir, &values)).await? {
-        Ok(text) => text,
-        Err(stderr) => return Ok(Err(failure_reason(&stderr, &names))),
-    };
-
-    let probe_dir = scratch.path().join("probe");
     let file = |name: &str| {
         files
             .iter()
             .find(|(path, _)| path == name)
-            .map_or(&[][..], |(_, data)| data.as_slice())
+            .map(|(_, data)| data.as_slice())
     };
+    let with_notes = match file(NOTES_FILE) {
+        Some(notes) => add_notes_template(&chart_dir, notes)
+            .map_err(|e| ClusterError::io("write the NOTES template", e))?,
+        None => false,
+    };
+    if file(NOTES_FILE).is_some() && !with_notes {
+        tracing::warn!(
+            release = request.release,
+            "NOTES.txt defines templates of its own; the record keeps no notes"
+        );
+    }
+    let mut names = vec![(chart_dir.clone(), "<chart>".to_owned())];
+    names.extend(written.into_iter().map(|w| (w.path, w.name)));
+    let home = scratch.path().join("helm-home");
+
+    let mut manifest =
+        match run_helm(helm, &home, template_args(request, &chart_dir, &values)).await? {
+            Ok(text) => text,
+            Err(stderr) => return Ok(Err(failure_reason(&stderr, &names))),
+        };
+    let notes = if with_notes {
+        match take_notes(&mut manifest) {
+            Ok(notes) => notes,
+            Err(reason) => return Ok(Err(reason)),
+        }
+    } else {
+        String::new()
+    };
+
+    let probe_dir = scratch.path().join("probe");
+    let file = |name: &str| file(name).unwrap_or_default();
     write_probe(&probe_dir, file("values.yaml"), file("Chart.yaml"))
         .map_err(|e| ClusterError::io("write the values probe chart", e))?;
     let mut probe_args: Vec<OsString> = vec!["template".into(), "probe".into(), probe_dir.into()];
@@ -310,6 +404,7 @@ pub(crate) async fn render(
         config: probe.config,
         chart_values: probe.chart_values,
         chart_yaml: probe.chart_yaml,
+        notes,
     }))
 }
 
@@ -458,6 +553,37 @@ pub(crate) fn failure_reason(stderr: &str, names: &[(PathBuf, String)]) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notes_are_taken_out_of_the_manifest() {
+        let mut manifest = "---\n# Source: web/templates/a.yaml\nkind: ConfigMap\n\
+            ---\n# Source: web/templates/optikon.dev-rendered-notes.yaml\n\
+            apiVersion: optikon.dev/v1\nkind: RenderedNotes\n\
+            notes: \"Hello \\u003cno value\\u003e\\nport: 80\\n\"\n\
+            ---\n# Source: web/templates/b.yaml\nkind: Secret\n"
+            .to_owned();
+        assert_eq!(take_notes(&mut manifest).unwrap(), "Hello \nport: 80\n");
+        assert_eq!(
+            manifest,
+            "---\n# Source: web/templates/a.yaml\nkind: ConfigMap\n\
+             ---\n# Source: web/templates/b.yaml\nkind: Secret\n"
+        );
+        let mut last = "---\n# Source: web/templates/optikon.dev-rendered-notes.yaml\n\
+            notes: \"\"\n"
+            .to_owned();
+        assert_eq!(take_notes(&mut last).unwrap(), "");
+        assert_eq!(last, "");
+        assert!(take_notes(&mut "---\n# Source: web/templates/a.yaml\n".to_owned()).is_err());
+    }
+
+    #[test]
+    fn notes_that_define_templates_are_not_wrapped() {
+        assert!(defines_templates("{{- define \"x\" -}}hi{{ end }}"));
+        assert!(defines_templates("{{ block \"x\" . }}hi{{ end }}"));
+        assert!(!defines_templates(
+            "Visit {{ .Values.url }} ({{ template \"web.name\" . }})"
+        ));
+    }
 
     #[test]
     fn template_arguments_carry_cluster_capabilities() {
