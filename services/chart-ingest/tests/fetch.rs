@@ -136,6 +136,7 @@ impl Hub {
             values: serde_json::json!({}),
             helm_values: Default::default(),
             rollback_to: None,
+            atomic: false,
             requested_at: Timestamp::now(),
         };
         self.desired

@@ -116,6 +116,10 @@ pub struct ApplyArgs {
     /// Set a literal string value: `key=a,b` keeps the comma.
     #[arg(long)]
     pub set_literal: Vec<String>,
+    /// On a cluster where it fails, undo it there, as helm's --atomic: an upgrade is rolled
+    /// back to the last successful revision, an install is uninstalled.
+    #[arg(long, visible_alias = "rollback-on-failure")]
+    pub atomic: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

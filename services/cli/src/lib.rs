@@ -268,6 +268,7 @@ async fn apply(client: &Client, action: Action, args: ApplyArgs) -> anyhow::Resu
         &args.target.namespace,
         &args.target.selector,
     );
+    request.atomic = args.atomic;
     check_request(&request)?;
     request.helm_values = collect_values(&args)?;
     let chart = if std::path::Path::new(&args.chart).is_file() {

@@ -311,6 +311,7 @@ impl Client {
             values: None,
             helm_values: Default::default(),
             revision: None,
+            atomic: false,
         }
     }
 

@@ -162,6 +162,15 @@ pub struct ReleaseRequest {
     /// For rollback: the Helm revision to return to (0 or absent = the previous one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u32>,
+    /// Install and upgrade: on a cluster where it fails, undo it there, as
+    /// `helm upgrade --install --atomic` does: an upgrade is rolled back to the last
+    /// successful revision, an install is uninstalled. Each cluster on its own.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub atomic: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// Checks where a release is to go — its name, namespace and selector — the way every client
@@ -204,6 +213,15 @@ impl ReleaseRequest {
         self.helm_values
             .check()
             .map_err(|e| ApiError::new(ErrorCode::BadValues, e.to_string()))?;
+        if self.atomic && !matches!(self.action, Action::Install | Action::Upgrade) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "atomic applies to install and upgrade, not to {}",
+                    self.action
+                ),
+            ));
+        }
         if matches!(self.action, Action::Install | Action::Upgrade) && self.chart.is_none() {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
@@ -255,6 +273,9 @@ pub struct DesiredRelease {
     pub helm_values: HelmValues,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_to: Option<u32>,
+    /// Undo a failed install or upgrade on this cluster (see [`ReleaseRequest::atomic`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub atomic: bool,
     pub requested_at: Timestamp,
 }
 
@@ -748,6 +769,7 @@ mod tests {
             values: None,
             helm_values: HelmValues::default(),
             revision: None,
+            atomic: false,
         };
         let code = |r: &ReleaseRequest| r.check().map(|_| ()).map_err(|e| e.code);
         assert_eq!(
@@ -782,6 +804,16 @@ mod tests {
         assert_eq!(code(&chartless), Err(ErrorCode::InvalidRequest));
         chartless.action = Action::Uninstall;
         assert_eq!(code(&chartless), Ok(()));
+        chartless.atomic = true;
+        let err = chartless.check().unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
+        assert_eq!(
+            err.message,
+            "atomic applies to install and upgrade, not to uninstall"
+        );
+        let mut atomic = request("web", "default", "");
+        atomic.atomic = true;
+        assert_eq!(code(&atomic), Ok(()));
     }
 
     #[test]

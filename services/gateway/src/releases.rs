@@ -59,6 +59,9 @@ pub struct InstallBody {
     /// A JSON object, or YAML/JSON text, overriding the chart's values.
     #[serde(default)]
     pub values: Option<serde_json::Value>,
+    /// Undo it on a cluster where it fails (helm's `--atomic`).
+    #[serde(default)]
+    pub atomic: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +71,9 @@ pub struct UpgradeBody {
     pub chart: ChartSpec,
     #[serde(default)]
     pub values: Option<serde_json::Value>,
+    /// Undo it on a cluster where it fails (helm's `--atomic`).
+    #[serde(default)]
+    pub atomic: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -464,6 +470,7 @@ async fn install(
         &body.selector,
     );
     request.chart = Some(chart);
+    request.atomic = body.atomic;
     values.fill(&mut request);
     Ok(respond(carry_out(&gateway.client, &request, wait).await?))
 }
@@ -481,6 +488,7 @@ async fn upgrade(
     require_release(&gateway.client, &release, &namespace, &selector).await?;
     let mut request = Client::new_request(Action::Upgrade, &release, &namespace, &body.selector);
     request.chart = Some(chart);
+    request.atomic = body.atomic;
     values.fill(&mut request);
     Ok(respond(carry_out(&gateway.client, &request, wait).await?))
 }

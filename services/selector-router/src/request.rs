@@ -303,6 +303,7 @@ async fn set_desired(
                 .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
             helm_values: request.helm_values.clone(),
             rollback_to: request.revision,
+            atomic: request.atomic,
             requested_at: Timestamp::now(),
         };
         if write_if(&hub.desired, &key, &desired, current.map(|(_, r)| r)).await? {

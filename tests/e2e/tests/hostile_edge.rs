@@ -100,6 +100,7 @@ impl Hub {
             values: serde_json::json!({"secret": "only for this site"}),
             helm_values: Default::default(),
             rollback_to: None,
+            atomic: false,
             requested_at: Timestamp::now(),
         };
         let body = serde_json::to_vec(&desired)?;

@@ -86,6 +86,7 @@ fn command(cluster: &str, release: &str, tag: &str) -> Bytes {
         values: serde_json::json!({}),
         helm_values: Default::default(),
         rollback_to: None,
+        atomic: false,
         requested_at: Timestamp::now(),
     };
     serde_json::to_vec(&desired).unwrap().into()
