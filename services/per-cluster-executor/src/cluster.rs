@@ -350,7 +350,12 @@ impl ClusterTarget {
         let resume = resume.as_ref();
         let outcome = match desired.action {
             Action::Install | Action::Upgrade => {
-                self.deploy(desired, chart_tgz, &history, resume).await
+                match self.deploy(desired, chart_tgz, &history, resume).await {
+                    Ok(outcome) if desired.atomic && outcome.state == ReleaseState::Failed => {
+                        self.undo_failed(desired, outcome).await
+                    }
+                    other => other,
+                }
             }
             Action::Rollback => self.rollback(desired, &history, resume).await,
             Action::Uninstall => self.uninstall(desired, &history).await,
@@ -413,10 +418,139 @@ impl ClusterTarget {
                     // An earlier attempt may have stopped before superseding the old revision.
                     self.supersede(history, newest.version).await?;
                 }
-                Ok(Some(history::outcome_of(&release)))
+                let outcome = history::outcome_of(&release);
+                if !matches!(desired.action, Action::Install | Action::Upgrade) {
+                    return Ok(Some(outcome));
+                }
+                // An install or upgrade whose newest revision is a rollback, or uninstalled,
+                // was undone (`atomic`); one still failed may have been cut off before that.
+                Ok(Some(match release.info.status {
+                    Status::Failed if desired.atomic => self.undo_failed(desired, outcome).await?,
+                    Status::Uninstalled => Outcome {
+                        state: ReleaseState::Failed,
+                        reason: Some(release.info.description.clone()),
+                        ..outcome
+                    },
+                    Status::Deployed if release.info.description.starts_with("Rollback to") => {
+                        let failed = history
+                            .records
+                            .iter()
+                            .rev()
+                            .filter(|r| r.generation == Some(desired.generation))
+                            .find(|r| r.status_label == Status::Failed.as_str())
+                            .and_then(|r| r.decode().ok())
+                            .map(|r| failure_of(&r))
+                            .unwrap_or_default();
+                        Outcome {
+                            state: ReleaseState::Failed,
+                            reason: Some(rolled_back_reason(&desired.release, &failed)),
+                            ..outcome
+                        }
+                    }
+                    _ => outcome,
+                }))
             }
             _ => Ok(None),
         }
+    }
+
+    /// `atomic`: a failed install or upgrade is undone on this cluster, as helm's `--atomic`
+    /// undoes it. A failed upgrade is rolled back to the newest revision that was deployed
+    /// (`deployed` or `superseded`, as helm picks it); a failed install is uninstalled. The
+    /// generation is still `failed`, its reason in helm's words. Unlike helm, the
+    /// uninstalled install keeps its record (helm purges it), so the generation is known
+    /// to be settled and is never applied again.
+    async fn undo_failed(
+        &self,
+        desired: &DesiredRelease,
+        failed: Outcome,
+    ) -> Result<Outcome, ClusterError> {
+        let (name, namespace) = (&desired.release, &desired.namespace);
+        let history = self.history(namespace, name).await?;
+        let Some(newest) = history
+            .newest()
+            .filter(|r| r.generation == Some(desired.generation))
+            .filter(|r| r.status_label == Status::Failed.as_str())
+        else {
+            // Nothing was recorded (refused before any apply): nothing to undo.
+            return Ok(failed);
+        };
+        let record = match newest.decode() {
+            Ok(record) => record,
+            Err(error) => return Ok(Outcome::failed(unreadable(newest, &error))),
+        };
+        let was_upgrade = record.info.description.starts_with("Upgrade ");
+        if !was_upgrade && !record.info.description.starts_with("Release ") {
+            // The undoing itself failed (a failed rollback revision): that is the outcome.
+            return Ok(failed);
+        }
+        let error = failure_of(&record);
+        let last_good = history.records.iter().rev().find(|r| {
+            r.version != newest.version
+                && [Status::Deployed.as_str(), Status::Superseded.as_str()]
+                    .contains(&r.status_label.as_str())
+        });
+        let not_deployed = |outcome: Outcome, reason: String| Outcome {
+            state: ReleaseState::Failed,
+            reason: Some(reason),
+            ..outcome
+        };
+        if was_upgrade {
+            let Some(good) = last_good else {
+                return Ok(not_deployed(
+                    failed,
+                    format!(
+                        "unable to find a previously successful release when attempting to \
+                         rollback. original upgrade error: {error}"
+                    ),
+                ));
+            };
+            tracing::info!(release = %name, namespace = %namespace, to = good.version, "upgrade failed and atomic is set: rolling back");
+            let back = DesiredRelease {
+                action: Action::Rollback,
+                rollback_to: Some(good.version),
+                atomic: false,
+                ..desired.clone()
+            };
+            let rolled = self.rollback(&back, &history, None).await?;
+            let reason = match rolled.state {
+                ReleaseState::Deployed => rolled_back_reason(name, &error),
+                _ => format!(
+                    "an error occurred while rolling back the release. original upgrade error: \
+                     {error}: {}",
+                    rolled.reason.as_deref().unwrap_or("the rollback failed")
+                ),
+            };
+            return Ok(not_deployed(rolled, reason));
+        }
+        tracing::info!(release = %name, namespace = %namespace, "install failed and atomic is set: uninstalling");
+        let gone = DesiredRelease {
+            action: Action::Uninstall,
+            atomic: false,
+            ..desired.clone()
+        };
+        let outcome = self.uninstall(&gone, &history).await?;
+        if outcome.state != ReleaseState::Uninstalled {
+            let reason = format!(
+                "an error occurred while uninstalling the release. original install error: \
+                 {error}: {}",
+                outcome.reason.as_deref().unwrap_or("the uninstall failed")
+            );
+            return Ok(not_deployed(outcome, reason));
+        }
+        let reason = format!(
+            "release {name} failed, and has been uninstalled due to atomic being set: {error}"
+        );
+        // The uninstalled record says why, where helm would have left none.
+        let history = self.history(namespace, name).await?;
+        if let Some(newest) = history.newest()
+            && let Ok(mut record) = newest.decode()
+        {
+            record.info.description = reason.clone();
+            self.update_record(newest, &record, Some(&desired.request_id))
+                .await?;
+        }
+        Ok(not_deployed(outcome, reason))
     }
 
     /// A `pending-*` record on top of the history is an attempt cut off half-way (the
@@ -1234,6 +1368,24 @@ impl ClusterTarget {
         }
         Ok(outcome)
     }
+}
+
+/// The error of a failed revision, without helm's "Upgrade \"web\" failed: " in front.
+fn failure_of(record: &HelmRelease) -> String {
+    let description = &record.info.description;
+    [
+        format!("Upgrade {:?} failed: ", record.name),
+        format!("Release {:?} failed: ", record.name),
+    ]
+    .iter()
+    .find_map(|prefix| description.strip_prefix(prefix.as_str()))
+    .unwrap_or(description)
+    .to_owned()
+}
+
+/// helm's words for an upgrade undone by `--atomic`.
+fn rolled_back_reason(release: &str, error: &str) -> String {
+    format!("release {release} failed, and has been rolled back due to atomic being set: {error}")
 }
 
 /// What the cluster may hold from earlier revisions; `Err` if a record cannot be read.

@@ -154,6 +154,7 @@ fn desired(
         values,
         helm_values: Default::default(),
         rollback_to: None,
+        atomic: false,
         requested_at: Timestamp::now(),
     }
 }
@@ -323,6 +324,11 @@ async fn releases_on_a_real_cluster() -> Result<()> {
                 pending_records_as_helm_writes_them(&bed)
                     .await
                     .context("pending records")
+            },
+            async {
+                atomic_undoes_a_failure_on_its_cluster(&bed)
+                    .await
+                    .context("atomic")
             },
         )?;
         eprintln!("other scenarios: {:?}", t.elapsed());
@@ -877,6 +883,94 @@ async fn readiness_deadline_records_a_failed_revision(bed: &Bed) -> Result<()> {
     );
     let history = bed.helm_json(&["history", name, "-n", ns])?;
     assert_eq!(history[1]["description"], "Upgrade complete", "{history}");
+    Ok(())
+}
+
+/// `atomic`, as helm's `--atomic`: a failing upgrade is rolled back to the revision before
+/// it, a failing install is uninstalled (its record kept, saying why). Replaying either
+/// generation reports the same failure and applies nothing.
+async fn atomic_undoes_a_failure_on_its_cluster(bed: &Bed) -> Result<()> {
+    let ns = "atomic";
+    let (_, tgz) = bed.chart("web", "0.1.0", WEB_CHART)?;
+    let patient = bed.target(Duration::from_secs(60)).await;
+    let hasty = bed.target(Duration::from_secs(5)).await;
+    let stuck = json!({"nodeSelector": {"optikon.dev/no-such-node": "true"}});
+    let atomic = |release: &str, generation, action, values| DesiredRelease {
+        atomic: true,
+        ..desired(ns, release, generation, action, values)
+    };
+    let deployments: Api<Deployment> = Api::namespaced(bed.client.clone(), ns);
+
+    let installed = patient
+        .execute(&atomic("kept", 1, Action::Install, json!({})), Some(&tgz))
+        .await?;
+    assert_eq!(installed.state, ReleaseState::Deployed, "{installed:?}");
+    let upgrade = atomic("kept", 2, Action::Upgrade, stuck.clone());
+    let outcome = hasty.execute(&upgrade, Some(&tgz)).await?;
+    assert_eq!(
+        (outcome.state, outcome.revision),
+        (ReleaseState::Failed, Some(3)),
+        "{outcome:?}"
+    );
+    let reason = outcome.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with(
+            "release kept failed, and has been rolled back due to atomic being set: not ready \
+             after 5s: Deployment atomic/kept"
+        ),
+        "{reason}"
+    );
+    let history = bed.helm_json(&["history", "kept", "-n", ns])?;
+    let rows: Vec<(&str, &str)> = history
+        .as_array()
+        .context("history rows")?
+        .iter()
+        .map(|r| {
+            (
+                r["status"].as_str().unwrap_or_default(),
+                r["description"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 3, "{history}");
+    assert_eq!(rows[0], ("superseded", "Install complete"));
+    assert_eq!(rows[1].0, "failed");
+    assert!(
+        rows[1]
+            .1
+            .starts_with("Upgrade \"kept\" failed: not ready after 5s")
+    );
+    assert_eq!(rows[2], ("deployed", "Rollback to 1"));
+    let spec = deployments.get("kept").await?.spec.context("spec")?;
+    assert_eq!(
+        spec.template.spec.and_then(|p| p.node_selector),
+        None,
+        "the Deployment is back at revision 1"
+    );
+    assert_eq!(hasty.execute(&upgrade, None).await?, outcome, "replayed");
+
+    let install = atomic("gone", 1, Action::Install, stuck);
+    let outcome = hasty.execute(&install, Some(&tgz)).await?;
+    assert_eq!(outcome.state, ReleaseState::Failed, "{outcome:?}");
+    let reason = outcome.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with(
+            "release gone failed, and has been uninstalled due to atomic being set: not ready \
+             after 5s: Deployment atomic/gone"
+        ),
+        "{reason}"
+    );
+    assert!(deployments.get_opt("gone").await?.is_none(), "uninstalled");
+    let listed = bed.helm_json(&["list", "-n", ns])?;
+    assert_eq!(
+        listed.as_array().map(|l| l.len()),
+        Some(1),
+        "only kept: {listed}"
+    );
+    let history = bed.helm_json(&["history", "gone", "-n", ns])?;
+    assert_eq!(history[0]["status"], "uninstalled", "{history}");
+    assert_eq!(history[0]["description"].as_str(), Some(reason.as_str()));
+    assert_eq!(hasty.execute(&install, None).await?, outcome, "replayed");
     Ok(())
 }
 
