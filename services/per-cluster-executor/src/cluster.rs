@@ -323,7 +323,10 @@ impl ClusterTarget {
         release: &str,
     ) -> Result<Option<StoredRelease>, ClusterError> {
         let history = self.history(namespace, release).await?;
-        Ok(history.newest().map(StoredRecord::summary))
+        Ok(history.newest().map(|newest| StoredRelease {
+            generation: history.generation(),
+            ..newest.summary()
+        }))
     }
 
     /// Carries out one desired generation. `chart_tgz` is the chart archive for install and
@@ -394,6 +397,25 @@ impl ClusterTarget {
         let Some(newest) = history.newest() else {
             return Ok(None);
         };
+        if newest.generation.is_none()
+            && let Some(applied) = history.generation()
+            && applied >= desired.generation
+        {
+            // Carried out, then changed by hand with helm on top (see drift correction).
+            let mut outcome = newest
+                .decode()
+                .map(|r| history::outcome_of(&r))
+                .unwrap_or_else(|e| Outcome::failed(unreadable(newest, &e)));
+            if applied > desired.generation {
+                outcome.state = ReleaseState::Superseded;
+            }
+            outcome.reason = Some(format!(
+                "generation {applied} was carried out; revision {} was made outside Optikon \
+                 after it",
+                newest.version
+            ));
+            return Ok(Some(outcome));
+        }
         match newest.generation {
             Some(applied) if applied > desired.generation => Ok(Some(Outcome {
                 state: ReleaseState::Superseded,
@@ -739,7 +761,7 @@ impl ClusterTarget {
             config,
             manifest: manifest::to_manifest_string(&objects),
             hooks: rendered.hooks.iter().map(Hook::from).collect(),
-            labels: [(GENERATION_LABEL.to_owned(), desired.generation.to_string())].into(),
+            labels: history::optikon_labels(desired.generation, history.next_version()),
         };
         let verb = if previous.live.is_some() {
             Verb::Upgrade
@@ -819,7 +841,7 @@ impl ClusterTarget {
                 notes: target.info.notes.clone(),
                 ..Info::default()
             },
-            labels: [(GENERATION_LABEL.to_owned(), desired.generation.to_string())].into(),
+            labels: history::optikon_labels(desired.generation, history.next_version()),
             ..target
         };
         self.carry_out(

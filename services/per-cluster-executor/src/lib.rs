@@ -418,7 +418,20 @@ impl Executor {
                     .correct_drift(&deployed.namespace, &deployed.release)
                     .await
                 {
-                    Ok(Some(report)) if report.drifted() => {
+                    Ok(Some(mut report)) if report.drifted() => {
+                        if report.request_id.is_empty() {
+                            // helm rewrote Optikon's record without its request annotation
+                            // (a revision made by hand since): the command still names it.
+                            if let Ok(Some(command)) = self.newest_command(&subject).await
+                                && command.generation == report.generation
+                            {
+                                report.request_id = command.request_id;
+                            }
+                        }
+                        if report.request_id.is_empty() {
+                            tracing::warn!(release = %deployed.release, "drift not reported: no request names this release's generation");
+                            continue;
+                        }
                         let reason = report.reason();
                         let repeated =
                             report.corrected.is_empty() && last_said.get(&key) == Some(&reason);

@@ -9,11 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use optikon_core::message::{ReleaseState, ReleaseStatus};
 use optikon_core::release_record::{self, HelmRelease, HookPhase, Status};
 use optikon_e2e::{helm, kube_client, optikon, testbed, wait_until_healthy};
@@ -899,5 +900,119 @@ async fn atomic_undoes_a_failure_as_helm_does() -> anyhow::Result<()> {
         "Optikon's reason is helm's error: {reason:?} / {:?}",
         by_helm.stderr
     );
+    Ok(())
+}
+
+/// The hand-over: after Optikon, someone runs `helm upgrade` by hand on the edge. Drift
+/// correction does not undo it but reports it (the release's status names the revision made
+/// outside Optikon); Optikon's next change goes on top of it as helm's next upgrade would;
+/// from then on drift correction keeps Optikon's revision in place again.
+#[tokio::test]
+async fn a_helm_upgrade_by_hand_is_reported_then_built_on() -> anyhow::Result<()> {
+    const NS: &str = "parity-handover";
+    let testbed = testbed().await;
+    wait_until_healthy(&testbed).await?;
+    let dir = tempfile::tempdir()?;
+    let chart = tar_chart(
+        dir.path(),
+        "parity-handover",
+        &[
+            (
+                "Chart.yaml",
+                "apiVersion: v2\nname: parity-handover\nversion: 0.1.0\n",
+            ),
+            ("values.yaml", "message: hello\n"),
+            (
+                "templates/configmap.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-app\ndata:\n  message: {{ .Values.message | quote }}\n",
+            ),
+        ],
+    )?;
+    let chart = chart.to_str().context("chart path is UTF-8")?;
+    let configmaps: Api<ConfigMap> =
+        Api::namespaced(kube_client(&testbed, OPTIKON_SITE).await?, NS);
+    let message = || async {
+        let data = configmaps.get(&format!("{RELEASE}-app")).await?.data;
+        anyhow::Ok(
+            data.unwrap_or_default()
+                .remove("message")
+                .unwrap_or_default(),
+        )
+    };
+    let optikon_apply = |verb: &str, value: &str| {
+        let set = format!("message={value}");
+        optikon(
+            &testbed,
+            &[
+                verb,
+                RELEASE,
+                chart,
+                "-n",
+                NS,
+                "-l",
+                OPTIKON_SELECTOR,
+                "--set",
+                &set,
+            ],
+        )
+    };
+
+    optikon_apply("install", "optikon")?.ok()?;
+    let mut by_hand = vec!["upgrade", RELEASE, chart, "-n", NS, "--reuse-values"];
+    by_hand.extend(["--set", "message=by-hand"]);
+    by_hand.extend(HELM_WAIT);
+    helm(&testbed, OPTIKON_SITE, &by_hand)?.ok()?;
+
+    let reported = optikon_e2e::eventually(
+        "the drift pass reports the revision made by hand",
+        Duration::from_secs(90),
+        || async {
+            let status = optikon_status(&testbed, NS)?;
+            let outside = status
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("revision 2 was made outside Optikon"));
+            Ok(outside.then_some(status))
+        },
+    )
+    .await?;
+    assert_eq!(
+        (reported.state, reported.revision),
+        (ReleaseState::Deployed, Some(2))
+    );
+    assert_eq!(message().await?, "by-hand", "left as it is");
+
+    optikon_apply("upgrade", "next")?.ok()?;
+    assert_eq!(message().await?, "next");
+    let rows: Vec<(u64, String, String)> = history(&testbed, OPTIKON_SITE, NS)?
+        .into_iter()
+        .map(|h| (h.revision, h.status, h.description))
+        .collect();
+    let row = |revision: u64, status: &str, description: &str| {
+        (revision, status.to_owned(), description.to_owned())
+    };
+    assert_eq!(
+        rows,
+        [
+            row(1, "superseded", "Install complete"),
+            row(2, "superseded", "Upgrade complete"),
+            row(3, "deployed", "Upgrade complete"),
+        ]
+    );
+
+    // Optikon's revision again: an edit is put back.
+    configmaps
+        .patch(
+            &format!("{RELEASE}-app"),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"data": {"message": "edited"}})),
+        )
+        .await?;
+    optikon_e2e::eventually(
+        "drift correction puts Optikon's value back",
+        Duration::from_secs(90),
+        || async { Ok((message().await? == "next").then_some(())) },
+    )
+    .await?;
     Ok(())
 }

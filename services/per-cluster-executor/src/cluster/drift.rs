@@ -51,13 +51,15 @@ impl Seen {
     }
 }
 
-/// A release whose newest Helm record is `deployed` and was written by Optikon (it carries
-/// a generation). Releases made by hand with helm are not Optikon's to correct.
+/// A release Optikon manages (one of its records carries a generation) whose newest Helm
+/// record is `deployed`. Releases made by hand with helm are not Optikon's to correct; a
+/// newest revision made by hand on top of Optikon's is reported, not corrected.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DeployedRelease {
     pub namespace: String,
     pub release: String,
     pub revision: u32,
+    /// The newest generation Optikon recorded for it.
     pub generation: u64,
 }
 
@@ -93,16 +95,26 @@ pub struct DriftReport {
     pub corrected: Vec<Correction>,
     /// Objects that could not be put back, with the API server's reason.
     pub uncorrected: Vec<String>,
+    /// The newest revision was made outside Optikon (`helm upgrade` or `helm rollback` on
+    /// the cluster): reported, and left as it is until Optikon's next change.
+    pub made_outside: bool,
 }
 
 impl DriftReport {
     /// Whether anything had drifted (corrected or not).
     pub fn drifted(&self) -> bool {
-        !self.corrected.is_empty() || !self.uncorrected.is_empty()
+        self.made_outside || !self.corrected.is_empty() || !self.uncorrected.is_empty()
     }
 
     /// In words for the user: `drift corrected: Deployment default/nginx was deleted`.
     pub fn reason(&self) -> String {
+        if self.made_outside {
+            return format!(
+                "revision {} was made outside Optikon (helm upgrade or rollback on the \
+                 cluster); drift correction leaves it as it is until Optikon's next change",
+                self.revision
+            );
+        }
         let mut parts = Vec::new();
         if !self.corrected.is_empty() {
             let what: Vec<String> = self
@@ -166,12 +178,14 @@ impl ClusterTarget {
         let Some(newest) = history.newest() else {
             return Ok(None);
         };
-        let Some(generation) = newest.generation else {
-            return Ok(None);
-        };
         if newest.status_label != Status::Deployed.as_str() {
             return Ok(None);
         }
+        // Optikon's newest revision (helm copies its labels into the ones it makes after).
+        let Some(ours) = history.records.iter().rev().find(|r| r.is_optikons()) else {
+            return Ok(None);
+        };
+        let generation = ours.generation.unwrap_or_default();
         let record = match newest.decode() {
             Ok(record) if record.info.status == Status::Deployed => record,
             Ok(_) => return Ok(None),
@@ -202,13 +216,17 @@ impl ClusterTarget {
             release: release.to_owned(),
             revision: newest.version,
             generation,
-            request_id: request_id(newest),
+            request_id: request_id(ours),
             action: action_of(&record),
             chart: history::chart_summary(&record.chart),
             first_deployed: record.info.first_deployed.map(Timestamp),
             corrected: Vec::new(),
             uncorrected: Vec::new(),
+            made_outside: newest.version != ours.version,
         };
+        if report.made_outside {
+            return Ok(Some(report));
+        }
         for object in &objects {
             let Some(placed) = objects::place(&catalog, object, namespace) else {
                 // Its CRD is gone or not established yet; the next pass tries again.
@@ -325,6 +343,7 @@ fn drift_of(before: Option<&PartialObjectMeta<DynamicObject>>, after: &Value) ->
 /// The newest record of each release, kept if it is `deployed` and carries a generation.
 fn newest_deployed(records: &[PartialObjectMeta<Secret>]) -> Vec<DeployedRelease> {
     let mut newest: BTreeMap<(String, String), (u32, String, Option<u64>)> = BTreeMap::new();
+    let mut generations: BTreeMap<(String, String), u64> = BTreeMap::new();
     for record in records {
         let labels = record.metadata.labels.clone().unwrap_or_default();
         let (Some(name), Some(namespace), Some(version)) = (
@@ -337,18 +356,24 @@ fn newest_deployed(records: &[PartialObjectMeta<Secret>]) -> Vec<DeployedRelease
         let status = labels.get("status").cloned().unwrap_or_default();
         let generation = labels.get(GENERATION_LABEL).and_then(|g| g.parse().ok());
         let key = (namespace.clone(), name.clone());
+        if let Some(generation) = generation {
+            let highest = generations.entry(key.clone()).or_default();
+            *highest = (*highest).max(generation);
+        }
         if newest.get(&key).is_none_or(|(v, _, _)| *v < version) {
             newest.insert(key, (version, status, generation));
         }
     }
     newest
         .into_iter()
-        .filter_map(|((namespace, release), (revision, status, generation))| {
+        .filter_map(|(key, (revision, status, _))| {
+            let generation = *generations.get(&key)?;
+            let (namespace, release) = key;
             (status == Status::Deployed.as_str()).then_some(DeployedRelease {
                 namespace,
                 release,
                 revision,
-                generation: generation?,
+                generation,
             })
         })
         .collect()
@@ -473,15 +498,26 @@ mod tests {
             record("b", "web", 2, "failed", Some(2)),
             // Made by hand with helm: no generation.
             record("c", "manual", 1, "deployed", None),
+            // Upgraded by hand after Optikon (helm copied no label): visited, to be reported.
+            record("d", "web", 1, "superseded", Some(5)),
+            record("d", "web", 2, "deployed", None),
         ];
         assert_eq!(
             newest_deployed(&records),
-            vec![DeployedRelease {
-                namespace: "a".into(),
-                release: "web".into(),
-                revision: 2,
-                generation: 2,
-            }]
+            vec![
+                DeployedRelease {
+                    namespace: "a".into(),
+                    release: "web".into(),
+                    revision: 2,
+                    generation: 2,
+                },
+                DeployedRelease {
+                    namespace: "d".into(),
+                    release: "web".into(),
+                    revision: 2,
+                    generation: 5,
+                }
+            ]
         );
     }
 
@@ -511,6 +547,7 @@ mod tests {
                 },
             ],
             uncorrected: Vec::new(),
+            made_outside: false,
         };
         assert!(report.drifted());
         assert_eq!(
@@ -520,5 +557,18 @@ mod tests {
         let outcome = report.outcome();
         assert_eq!(outcome.state, ReleaseState::Deployed);
         assert_eq!(outcome.revision, Some(2));
+
+        let by_hand = DriftReport {
+            corrected: Vec::new(),
+            made_outside: true,
+            revision: 3,
+            ..report
+        };
+        assert!(by_hand.drifted());
+        assert_eq!(
+            by_hand.reason(),
+            "revision 3 was made outside Optikon (helm upgrade or rollback on the cluster); \
+             drift correction leaves it as it is until Optikon's next change"
+        );
     }
 }

@@ -16,6 +16,10 @@ use super::{Outcome, StoredRelease};
 
 /// Label on release Secrets naming the Optikon generation the revision carries out.
 pub const GENERATION_LABEL: &str = "optikon.dev/generation";
+/// Label on release Secrets naming the revision Optikon wrote the record as. helm copies a
+/// release's labels into the revisions it makes after it (`helm upgrade`, `helm rollback`),
+/// so a revision whose label names another revision was made by hand.
+pub const REVISION_LABEL: &str = "optikon.dev/revision";
 /// Annotation on release Secrets naming the request that asked for the revision.
 pub const REQUEST_ID_ANNOTATION: &str = "optikon.dev/request-id";
 /// Revisions kept per release, as `helm upgrade --history-max` defaults to.
@@ -51,6 +55,25 @@ impl StoredRecord {
             generation: labels.get(GENERATION_LABEL).and_then(|g| g.parse().ok()),
             secret,
         })
+    }
+
+    /// Whether Optikon wrote this revision: it carries a generation, and the revision label
+    /// names this very revision (records from before that label: the request annotation,
+    /// which helm drops when it rewrites a record).
+    pub fn is_optikons(&self) -> bool {
+        let labels = self.secret.metadata.labels.as_ref();
+        match labels.and_then(|l| l.get(REVISION_LABEL)) {
+            Some(revision) => self.generation.is_some() && revision.parse() == Ok(self.version),
+            None => {
+                self.generation.is_some()
+                    && self
+                        .secret
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key(REQUEST_ID_ANNOTATION))
+            }
+        }
     }
 
     pub fn name(&self) -> String {
@@ -124,6 +147,12 @@ impl History {
         self.records.iter().find(|r| r.version == version)
     }
 
+    /// The newest generation any revision carries out: the newest record's, or, when that
+    /// was made by hand with helm (no generation), the one before it that Optikon made.
+    pub fn generation(&self) -> Option<u64> {
+        self.records.iter().filter_map(|r| r.generation).max()
+    }
+
     pub fn next_version(&self) -> u32 {
         self.newest().map_or(1, |r| r.version + 1)
     }
@@ -159,6 +188,14 @@ impl History {
         let versions: Vec<String> = self.records.iter().map(|r| r.version.to_string()).collect();
         versions.join(", ")
     }
+}
+
+/// The release labels Optikon gives a revision it writes.
+pub fn optikon_labels(generation: u64, version: u32) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (GENERATION_LABEL.to_owned(), generation.to_string()),
+        (REVISION_LABEL.to_owned(), version.to_string()),
+    ])
 }
 
 /// The Secret holding `release` as Helm's Secrets driver writes it, with Optikon's request id.
@@ -302,6 +339,30 @@ mod tests {
         .unwrap();
         secret.metadata.resource_version = Some(format!("{version}00"));
         StoredRecord::from_secret(secret).unwrap()
+    }
+
+    #[test]
+    fn a_revision_helm_made_after_optikons_is_not_optikons() {
+        let with_labels = |version: u32, labels: BTreeMap<String, String>, annotated: bool| {
+            let mut release = release(version, Status::Deployed, 1);
+            release.labels = labels;
+            let at = time::OffsetDateTime::now_utc();
+            let mut secret = record_secret(&release, SecretWrite::Create { at }, "req-1").unwrap();
+            if !annotated {
+                secret.metadata.annotations = None;
+            }
+            StoredRecord::from_secret(secret).unwrap()
+        };
+        assert!(with_labels(2, optikon_labels(1, 2), true).is_optikons());
+        // helm rewrote it (superseding it) and dropped the annotation: still Optikon's.
+        assert!(with_labels(2, optikon_labels(1, 2), false).is_optikons());
+        // helm upgrade copied revision 2's labels into revision 3.
+        assert!(!with_labels(3, optikon_labels(1, 2), false).is_optikons());
+        // From before the revision label: the annotation decides.
+        let generation_only = BTreeMap::from([(GENERATION_LABEL.to_owned(), "1".to_owned())]);
+        assert!(with_labels(2, generation_only.clone(), true).is_optikons());
+        assert!(!with_labels(2, generation_only, false).is_optikons());
+        assert!(!with_labels(2, BTreeMap::new(), true).is_optikons());
     }
 
     #[test]
