@@ -19,6 +19,7 @@ mod hooks;
 mod objects;
 mod readiness;
 mod render;
+mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -62,6 +63,10 @@ pub struct ClusterTarget {
     /// Drift correction's memory: each object's `resourceVersion` as last seen right after
     /// putting it in place; an object still at that version cannot have drifted.
     drift_seen: drift::Seen,
+    /// Drift correction's last read of each release's newest record.
+    drift_records: drift::DriftRecords,
+    /// What the cluster's watches say of the objects helm manages.
+    drift_watches: watch::Watches,
 }
 
 /// The newest Helm record of a release.
@@ -294,7 +299,15 @@ impl ClusterTarget {
             wait: DEFAULT_WAIT,
             kubeconfig: None,
             drift_seen: drift::Seen::default(),
+            drift_records: drift::DriftRecords::default(),
+            drift_watches: watch::Watches::default(),
         })
+    }
+
+    /// The releases whose objects are edited or deleted, as the drift watches see it
+    /// happen: (namespace, release). One listener at a time.
+    pub fn drift_changes(&self) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
+        self.drift_watches.subscribe()
     }
 
     /// How long to wait for readiness or deletion before failing (default [`DEFAULT_WAIT`]).

@@ -1,7 +1,10 @@
-//! Drift correction, every `drift_interval`: each release Optikon deployed is put back as
-//! its Helm record says, and what had drifted is reported.
+//! Drift correction: each release Optikon deployed is put back as its Helm record says, and
+//! what had drifted is reported. A release is looked at as soon as the cluster's watches see
+//! one of its objects edited or deleted, and every release every `drift_interval` (a pass
+//! that finds nothing changed reads one listing of the release records and asks nothing
+//! else of the API server).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +14,13 @@ use optikon_runtime::shutdown::Shutdown;
 
 use crate::Executor;
 
+/// How long after a watched change the pass starts, so one apply of many objects (or an
+/// edit that a controller follows up at once) is looked at once.
+const CHANGE_SETTLE: Duration = Duration::from_millis(500);
+
 impl Executor {
-    /// Puts deployed releases back as their records say, every `interval`, until shutdown.
+    /// Puts deployed releases back as their records say, when their objects change and
+    /// every `interval`, until shutdown.
     pub(crate) async fn correct_drift_forever(
         self: Arc<Self>,
         consumer: consumer::PullConsumer,
@@ -25,11 +33,22 @@ impl Executor {
         // What was last said about each release, so a drift that cannot be corrected is
         // reported once rather than every pass.
         let mut last_said: HashMap<String, String> = HashMap::new();
+        let mut changes = self.target.drift_changes();
         loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
+            // `None`: every release; else only those whose objects changed.
+            let only: Option<BTreeSet<(String, String)>> = tokio::select! {
+                _ = ticker.tick() => None,
+                Some(first) = changes.recv() => {
+                    // A burst (an apply of many objects) makes one pass.
+                    tokio::time::sleep(CHANGE_SETTLE).await;
+                    let mut changed = BTreeSet::from([first]);
+                    while let Ok(more) = changes.try_recv() {
+                        changed.insert(more);
+                    }
+                    Some(changed)
+                }
                 _ = shutdown.wait() => return,
-            }
+            };
             // Commands not yet settled (here or at another replica): a release whose record
             // is behind its newest command is theirs to converge, not drift correction's.
             let commands_in_hand = match consumer.info().await {
@@ -47,6 +66,11 @@ impl Executor {
                 }
             };
             for deployed in releases {
+                if only.as_ref().is_some_and(|only| {
+                    !only.contains(&(deployed.namespace.clone(), deployed.release.clone()))
+                }) {
+                    continue;
+                }
                 let key = subject::release_key(
                     &self.config.cluster,
                     &deployed.namespace,
@@ -65,7 +89,11 @@ impl Executor {
                 let _guard = lock.lock().await;
                 match self
                     .target
-                    .correct_drift(&deployed.namespace, &deployed.release)
+                    .correct_drift_at(
+                        &deployed.namespace,
+                        &deployed.release,
+                        deployed.record_version.as_deref(),
+                    )
                     .await
                 {
                     Ok(Some(mut report)) if report.drifted() => {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use optikon_core::message::{
     Action, ApiVersion, ChartPin, DesiredRelease, ReleaseState, Timestamp,
 };
@@ -330,6 +330,7 @@ async fn releases_on_a_real_cluster() -> Result<()> {
                     .await
                     .context("atomic")
             },
+            async { drift_is_watched(&bed).await.context("drift watch") },
         )?;
         eprintln!("other scenarios: {:?}", t.elapsed());
         Ok::<_, anyhow::Error>(())
@@ -971,6 +972,70 @@ async fn atomic_undoes_a_failure_on_its_cluster(bed: &Bed) -> Result<()> {
     assert_eq!(history[0]["status"], "uninstalled", "{history}");
     assert_eq!(history[0]["description"].as_str(), Some(reason.as_str()));
     assert_eq!(hasty.execute(&install, None).await?, outcome, "replayed");
+    Ok(())
+}
+
+/// Drift by watching: once a drift pass has looked at a release, the cluster's watches tell
+/// of an edit or a delete of one of its objects as it happens (no pass needed to find it),
+/// and the next pass puts the object back.
+async fn drift_is_watched(bed: &Bed) -> Result<()> {
+    let (ns, name) = ("watched", "watched");
+    let (_, tgz) = bed.chart("web", "0.1.0", WEB_CHART)?;
+    let target = bed.target(Duration::from_secs(60)).await;
+    let outcome = target
+        .execute(
+            &desired(ns, name, 1, Action::Install, json!({})),
+            Some(&tgz),
+        )
+        .await?;
+    assert_eq!(outcome.state, ReleaseState::Deployed, "{outcome:?}");
+    let mut changes = target.drift_changes();
+    let first = target
+        .correct_drift(ns, name)
+        .await?
+        .context("a deployed release")?;
+    assert!(!first.drifted(), "{first:?}");
+
+    let services: Api<Service> = Api::namespaced(bed.client.clone(), ns);
+    let told = |changed: Option<(String, String)>| changed == Some((ns.into(), name.into()));
+    // The watches list first; a label added by hand is then seen as it is made.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for poke in 0.. {
+        let patch = json!({"metadata": {"labels": {"poke": poke.to_string()}}});
+        services
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        if let Ok(changed) = tokio::time::timeout(Duration::from_secs(1), changes.recv()).await
+            && told(changed)
+        {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the watches never told of an edit"
+        );
+    }
+    services.delete(name, &Default::default()).await?;
+    let changed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let changed = changes.recv().await;
+            if told(changed.clone()) || changed.is_none() {
+                return changed;
+            }
+        }
+    })
+    .await
+    .context("the delete was never told")?;
+    ensure!(told(changed), "the delete was told for the release");
+    let report = target
+        .correct_drift(ns, name)
+        .await?
+        .context("still deployed")?;
+    assert_eq!(
+        report.reason(),
+        "drift corrected: Service watched/watched was deleted"
+    );
+    assert!(services.get_opt(name).await?.is_some(), "put back");
     Ok(())
 }
 

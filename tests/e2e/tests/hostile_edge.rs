@@ -545,9 +545,23 @@ async fn a_stolen_edge_reaches_only_its_own_data() -> anyhow::Result<()> {
             Some(&subject::edge_inbox_prefix(site)),
         )
         .await?;
-        let reply = client
-            .request(subject::cluster_register(site), registration(site).into())
-            .await?;
+        // As a prober does: until the router's subscription has reached the site's leaf
+        // server over the link, a request there has no responders.
+        let reply = optikon_e2e::eventually(
+            &format!("{site}'s registration answered"),
+            Duration::from_secs(30),
+            || async {
+                match client
+                    .request(subject::cluster_register(site), registration(site).into())
+                    .await
+                {
+                    Ok(reply) => Ok(Some(reply)),
+                    Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            },
+        )
+        .await?;
         ensure!(
             String::from_utf8_lossy(&reply.payload).contains("\"ok\""),
             "register {site}"

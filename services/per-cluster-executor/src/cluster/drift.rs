@@ -9,7 +9,7 @@
 //! `resourceVersion`). Fields Optikon never set are not its business and stay as they are.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject, ListParams};
@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use super::history::{self, GENERATION_LABEL, REQUEST_ID_ANNOTATION, StoredRecord};
 use super::objects::{self, Placed};
+use super::watch;
 use super::{ClusterError, ClusterTarget, Halt, Outcome};
 
 /// Objects' `resourceVersion` right after drift correction last looked at them, keyed by
@@ -51,6 +52,34 @@ impl Seen {
     }
 }
 
+/// A release's newest record as a drift pass needs it.
+#[derive(Debug)]
+pub(crate) struct DriftRead {
+    /// The record Secret's `resourceVersion`: while it stays, so does all of this.
+    record_version: Option<String>,
+    objects: Vec<manifest::ManifestObject>,
+    report: DriftReport,
+}
+
+/// The last [`DriftRead`] of each release, so a pass decodes a record only once it changed.
+#[derive(Debug, Default)]
+pub(crate) struct DriftRecords(Mutex<HashMap<(String, String), Arc<DriftRead>>>);
+
+impl DriftRecords {
+    fn get(&self, key: &(String, String), record_version: &str) -> Option<Arc<DriftRead>> {
+        let records = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        records
+            .get(key)
+            .filter(|read| read.record_version.as_deref() == Some(record_version))
+            .cloned()
+    }
+
+    fn put(&self, key: (String, String), read: Arc<DriftRead>) {
+        let mut records = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        records.insert(key, read);
+    }
+}
+
 /// A release Optikon manages (one of its records carries a generation) whose newest Helm
 /// record is `deployed`. Releases made by hand with helm are not Optikon's to correct; a
 /// newest revision made by hand on top of Optikon's is reported, not corrected.
@@ -61,6 +90,8 @@ pub struct DeployedRelease {
     pub revision: u32,
     /// The newest generation Optikon recorded for it.
     pub generation: u64,
+    /// The newest record Secret's `resourceVersion`.
+    pub record_version: Option<String>,
 }
 
 /// How one object had drifted.
@@ -174,35 +205,36 @@ impl ClusterTarget {
         namespace: &str,
         release: &str,
     ) -> Result<Option<DriftReport>, ClusterError> {
-        let history = self.history(namespace, release).await?;
-        let Some(newest) = history.newest() else {
-            return Ok(None);
-        };
-        if newest.status_label != Status::Deployed.as_str() {
-            return Ok(None);
-        }
-        // Optikon's newest revision (helm copies its labels into the ones it makes after).
-        let Some(ours) = history.records.iter().rev().find(|r| r.is_optikons()) else {
-            return Ok(None);
-        };
-        let generation = ours.generation.unwrap_or_default();
-        let record = match newest.decode() {
-            Ok(record) if record.info.status == Status::Deployed => record,
-            Ok(_) => return Ok(None),
-            Err(error) => {
-                tracing::warn!(secret = %newest.name(), %error, "release record unreadable; drift not checked");
-                return Ok(None);
-            }
-        };
-        let mut objects = match manifest::parse(&record.manifest) {
-            Ok(rendered) => rendered.objects,
-            Err(error) => {
-                tracing::warn!(secret = %newest.name(), %error, "stored manifest unreadable; drift not checked");
-                return Ok(None);
-            }
-        };
-        manifest::install_order(&mut objects);
+        self.correct_drift_at(namespace, release, None).await
+    }
 
+    /// Like [`ClusterTarget::correct_drift`], for a release whose newest record a listing
+    /// found at `record_version`: the record is read and decoded again only when that
+    /// changed, and objects the watches saw unchanged are not asked for.
+    pub async fn correct_drift_at(
+        &self,
+        namespace: &str,
+        release: &str,
+        record_version: Option<&str>,
+    ) -> Result<Option<DriftReport>, ClusterError> {
+        let key = (namespace.to_owned(), release.to_owned());
+        let cached = record_version.and_then(|version| self.drift_records.get(&key, version));
+        let read = match cached {
+            Some(read) => read,
+            None => match self.read_for_drift(namespace, release).await? {
+                Some(read) => {
+                    let read = Arc::new(read);
+                    self.drift_records.put(key, read.clone());
+                    read
+                }
+                None => return Ok(None),
+            },
+        };
+        let mut report = read.report.clone();
+        if report.made_outside {
+            return Ok(Some(report));
+        }
+        let objects = &read.objects;
         let mut catalog = self.known_catalog();
         if objects
             .iter()
@@ -211,23 +243,7 @@ impl ClusterTarget {
             // A kind the catalog lacks: a CRD may have been (re)created since discovery.
             catalog = self.refresh_catalog().await?;
         }
-        let mut report = DriftReport {
-            namespace: namespace.to_owned(),
-            release: release.to_owned(),
-            revision: newest.version,
-            generation,
-            request_id: request_id(ours),
-            action: action_of(&record),
-            chart: history::chart_summary(&record.chart),
-            first_deployed: record.info.first_deployed.map(Timestamp),
-            corrected: Vec::new(),
-            uncorrected: Vec::new(),
-            made_outside: newest.version != ours.version,
-        };
-        if report.made_outside {
-            return Ok(Some(report));
-        }
-        for object in &objects {
+        for object in objects {
             let Some(placed) = objects::place(&catalog, object, namespace) else {
                 // Its CRD is gone or not established yet; the next pass tries again.
                 report
@@ -260,6 +276,60 @@ impl ClusterTarget {
         Ok(Some(report))
     }
 
+    /// Reads the release's records for a drift pass: its newest record's objects and what a
+    /// report says of it, or `None` when it is not a deployed release of Optikon's.
+    async fn read_for_drift(
+        &self,
+        namespace: &str,
+        release: &str,
+    ) -> Result<Option<DriftRead>, ClusterError> {
+        let history = self.history(namespace, release).await?;
+        let Some(newest) = history.newest() else {
+            return Ok(None);
+        };
+        if newest.status_label != Status::Deployed.as_str() {
+            return Ok(None);
+        }
+        // Optikon's newest revision (helm copies its labels into the ones it makes after).
+        let Some(ours) = history.records.iter().rev().find(|r| r.is_optikons()) else {
+            return Ok(None);
+        };
+        let record = match newest.decode() {
+            Ok(record) if record.info.status == Status::Deployed => record,
+            Ok(_) => return Ok(None),
+            Err(error) => {
+                tracing::warn!(secret = %newest.name(), %error, "release record unreadable; drift not checked");
+                return Ok(None);
+            }
+        };
+        let mut objects = match manifest::parse(&record.manifest) {
+            Ok(rendered) => rendered.objects,
+            Err(error) => {
+                tracing::warn!(secret = %newest.name(), %error, "stored manifest unreadable; drift not checked");
+                return Ok(None);
+            }
+        };
+        manifest::install_order(&mut objects);
+        let report = DriftReport {
+            namespace: namespace.to_owned(),
+            release: release.to_owned(),
+            revision: newest.version,
+            generation: ours.generation.unwrap_or_default(),
+            request_id: request_id(ours),
+            action: action_of(&record),
+            chart: history::chart_summary(&record.chart),
+            first_deployed: record.info.first_deployed.map(Timestamp),
+            corrected: Vec::new(),
+            uncorrected: Vec::new(),
+            made_outside: newest.version != ours.version,
+        };
+        Ok(Some(DriftRead {
+            record_version: newest.secret.metadata.resource_version.clone(),
+            objects,
+            report,
+        }))
+    }
+
     /// Applies one object of the record and tells how it had drifted, if it had.
     async fn put_back(
         &self,
@@ -271,17 +341,22 @@ impl ClusterTarget {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, &placed.resource),
             None => Api::all_with(self.client.clone(), &placed.resource),
         };
+        let key = watch::object_key(
+            &placed.resource,
+            placed.namespace.as_deref(),
+            &placed.object.name,
+        );
+        self.drift_watches.ensure(&self.client, &placed.resource);
+        if let Some(Some(version)) = self.drift_watches.version(&placed.resource, &key)
+            && self.drift_seen.get(&key) == Some(version)
+        {
+            // The watch saw no change since this pass last put it in place.
+            return Ok(None);
+        }
         let before = api
             .get_metadata_opt(&placed.object.name)
             .await
             .map_err(|e| objects::halt(e, || format!("read {}", placed.describe())))?;
-        let key = format!(
-            "{}/{}/{}/{}",
-            placed.resource.group,
-            placed.resource.plural,
-            placed.namespace.as_deref().unwrap_or_default(),
-            placed.object.name
-        );
         if let Some(before) = &before
             && before.metadata.deletion_timestamp.is_none()
             && before.metadata.resource_version.is_some()
@@ -342,7 +417,7 @@ fn drift_of(before: Option<&PartialObjectMeta<DynamicObject>>, after: &Value) ->
 
 /// The newest record of each release, kept if it is `deployed` and carries a generation.
 fn newest_deployed(records: &[PartialObjectMeta<Secret>]) -> Vec<DeployedRelease> {
-    let mut newest: BTreeMap<(String, String), (u32, String, Option<u64>)> = BTreeMap::new();
+    let mut newest: BTreeMap<(String, String), (u32, String, Option<String>)> = BTreeMap::new();
     let mut generations: BTreeMap<(String, String), u64> = BTreeMap::new();
     for record in records {
         let labels = record.metadata.labels.clone().unwrap_or_default();
@@ -361,12 +436,13 @@ fn newest_deployed(records: &[PartialObjectMeta<Secret>]) -> Vec<DeployedRelease
             *highest = (*highest).max(generation);
         }
         if newest.get(&key).is_none_or(|(v, _, _)| *v < version) {
-            newest.insert(key, (version, status, generation));
+            let record_version = record.metadata.resource_version.clone();
+            newest.insert(key, (version, status, record_version));
         }
     }
     newest
         .into_iter()
-        .filter_map(|(key, (revision, status, _))| {
+        .filter_map(|(key, (revision, status, record_version))| {
             let generation = *generations.get(&key)?;
             let (namespace, release) = key;
             (status == Status::Deployed.as_str()).then_some(DeployedRelease {
@@ -374,6 +450,7 @@ fn newest_deployed(records: &[PartialObjectMeta<Secret>]) -> Vec<DeployedRelease
                 release,
                 revision,
                 generation,
+                record_version,
             })
         })
         .collect()
@@ -510,12 +587,14 @@ mod tests {
                     release: "web".into(),
                     revision: 2,
                     generation: 2,
+                    record_version: None,
                 },
                 DeployedRelease {
                     namespace: "d".into(),
                     release: "web".into(),
                     revision: 2,
                     generation: 5,
+                    record_version: None,
                 }
             ]
         );
