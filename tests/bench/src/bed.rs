@@ -459,6 +459,27 @@ impl Bench {
         wait_log(&log, READY, ready_before + 1).await
     }
 
+    /// Replaces a site's executor with `binary` (same settings otherwise) and waits until it
+    /// is ready. The old one stops first.
+    pub async fn swap_executor_binary(&mut self, site: &str, binary: &Path) -> anyhow::Result<()> {
+        let name = format!("per-cluster-executor@{site}");
+        let index = self
+            .testbed
+            .services
+            .iter()
+            .position(|s| s.spec.name == name)
+            .with_context(|| format!("no {name}"))?;
+        let old = self.testbed.services.remove(index);
+        let mut spec = old.spec.clone();
+        let ready_before = log_count(old.log(), READY);
+        drop(old);
+        spec.binary = binary.to_owned();
+        let process = optikon_testbed::services::ServiceProcess::start(&spec, self.testbed.dir())?;
+        let log = process.log().to_owned();
+        self.testbed.services.push(process);
+        wait_log(&log, READY, ready_before + 1).await
+    }
+
     /// Starts executor replicas or stops the extra ones until `site` runs `replicas`.
     pub async fn set_executor_replicas(
         &mut self,

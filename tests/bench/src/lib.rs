@@ -9,6 +9,7 @@
 pub mod bed;
 pub mod control;
 pub mod cpu;
+pub mod drift;
 pub mod fleet;
 pub mod logs;
 pub mod machine;
@@ -57,6 +58,12 @@ pub struct Args {
     /// Seconds between one simulated cluster's heartbeats (the health-prober's default).
     #[arg(long, env = "OPTIKON_BENCH_HEARTBEAT_SECONDS", default_value_t = 10)]
     pub heartbeat_seconds: u64,
+    /// Idle releases of the drift part (default 200; 40 with --quick).
+    #[arg(long, env = "OPTIKON_BENCH_DRIFT_RELEASES")]
+    pub drift_releases: Option<usize>,
+    /// An earlier executor binary measured beside this build's in the drift part.
+    #[arg(long, env = "OPTIKON_BENCH_DRIFT_BASELINE")]
+    pub drift_baseline: Option<PathBuf>,
     /// Run only these parts (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub parts: Vec<Part>,
@@ -77,6 +84,7 @@ pub enum Part {
     Scaling,
     Steps,
     ControlPlane,
+    Drift,
 }
 
 /// What one run is set to do.
@@ -89,6 +97,8 @@ pub struct Plan {
     pub executor_counts: Vec<usize>,
     pub parts: Vec<Part>,
     pub control: control::ControlPlan,
+    pub drift_releases: usize,
+    pub drift_baseline: Option<PathBuf>,
 }
 
 impl Plan {
@@ -99,7 +109,13 @@ impl Plan {
         let mut sizes = vec![3.min(args.large), args.large];
         sizes.dedup();
         let parts = if args.parts.is_empty() {
-            vec![Part::Fleet, Part::Scaling, Part::Steps, Part::ControlPlane]
+            vec![
+                Part::Fleet,
+                Part::Scaling,
+                Part::Steps,
+                Part::ControlPlane,
+                Part::Drift,
+            ]
         } else {
             args.parts.clone()
         };
@@ -115,6 +131,11 @@ impl Plan {
                 .unwrap_or(if args.quick { 12 } else { 40 })
                 .max(1),
             executor_counts: vec![1, 2, 4],
+            drift_releases: args
+                .drift_releases
+                .unwrap_or(if args.quick { 40 } else { 200 })
+                .max(1),
+            drift_baseline: args.drift_baseline.clone(),
             parts,
             control: control::ControlPlan {
                 sizes: if !args.control_sizes.is_empty() {
@@ -137,7 +158,7 @@ impl Plan {
     pub fn needs_clusters(&self) -> bool {
         self.parts
             .iter()
-            .any(|p| matches!(p, Part::Fleet | Part::Scaling | Part::Steps))
+            .any(|p| matches!(p, Part::Fleet | Part::Scaling | Part::Steps | Part::Drift))
     }
 
     pub fn layout(&self) -> Layout {
@@ -148,7 +169,7 @@ impl Plan {
                 0
             },
             sizes: self.sizes.clone(),
-            scaling: self.parts.contains(&Part::Scaling),
+            scaling: self.parts.contains(&Part::Scaling) || self.parts.contains(&Part::Drift),
             steps: self.parts.contains(&Part::Steps),
         }
     }
@@ -240,6 +261,23 @@ fn real_clusters(
         if plan.parts.contains(&Part::Steps) {
             eprintln!("== part 3: where one install's time goes");
             results.steps = Some(steps::run(&mut bench, plan.reps).await?);
+        }
+        if plan.parts.contains(&Part::Drift) {
+            eprintln!(
+                "== part 5: drift correction with {} idle releases",
+                plan.drift_releases
+            );
+            let window = std::time::Duration::from_secs(if plan.reps > 2 { 60 } else { 30 });
+            results.drift = Some(
+                drift::run(
+                    &mut bench,
+                    plan.drift_releases,
+                    window,
+                    2,
+                    plan.drift_baseline.as_deref(),
+                )
+                .await?,
+            );
         }
         // Drop the test bed (stops every process) outside the async context.
         let testbed = bench.testbed;

@@ -28,6 +28,7 @@ pub struct Results {
     pub scaling: Option<ScalingResult>,
     pub steps: Option<StepsResult>,
     pub control: Vec<ScaleResult>,
+    pub drift: Option<crate::drift::DriftResult>,
 }
 
 impl Default for Results {
@@ -52,6 +53,8 @@ impl Default for Results {
                     heartbeat_seconds: 0,
                     idle_seconds: 0,
                 },
+                drift_releases: 0,
+                drift_baseline: None,
             },
             sites: 0,
             startup_seconds: 0.0,
@@ -62,6 +65,7 @@ impl Default for Results {
             scaling: None,
             steps: None,
             control: Vec::new(),
+            drift: None,
         }
     }
 }
@@ -234,6 +238,24 @@ pub fn markdown(r: &Results) -> String {
 
     if !r.control.is_empty() {
         control_section(&mut out, r);
+    }
+    if let Some(d) = &r.drift {
+        let _ = writeln!(
+            out,
+            "## 5. Drift correction with idle releases
+"
+        );
+        let _ = writeln!(
+            out,
+            "{} small releases installed through Optikon on one site (`helm create`'s \
+             chart: a ServiceAccount, a Service and a Deployment each), then nothing asked of the site. Per executor: it \
+             is started in place of the site's executor, given {} s for its first drift pass, \
+             then measured over {:.0} s with drift correction every {} s (the default). \
+             Medians (and range) over the windows; the executors take turns, the order \
+             alternating per round:\n",
+            d.releases, 25, d.window_seconds, d.drift_check_seconds
+        );
+        let _ = writeln!(out, "{}", crate::drift::table(d).render());
     }
     out
 }

@@ -177,7 +177,7 @@ fn phase_medians(r: &ScalingResult, count: usize) -> Option<(f64, f64)> {
 }
 
 /// The processes of the scaling site, grouped by part.
-fn probe(bench: &Bench) -> Probe {
+pub(crate) fn probe(bench: &Bench) -> Probe {
     let all = processes();
     let marker = format!("/{SCALE_SITE}-cluster/");
     let component = |names: &[&str]| -> Vec<u32> {
