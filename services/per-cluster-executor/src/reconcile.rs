@@ -65,6 +65,7 @@ impl Executor {
                     continue;
                 }
             };
+            self.target.forget_drift_except(&releases);
             for deployed in releases {
                 if only.as_ref().is_some_and(|only| {
                     !only.contains(&(deployed.namespace.clone(), deployed.release.clone()))

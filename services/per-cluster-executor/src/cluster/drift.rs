@@ -78,6 +78,11 @@ impl DriftRecords {
         let mut records = self.0.lock().unwrap_or_else(|e| e.into_inner());
         records.insert(key, read);
     }
+
+    fn retain(&self, keep: impl Fn(&(String, String)) -> bool) {
+        let mut records = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        records.retain(|key, _| keep(key));
+    }
 }
 
 /// A release Optikon manages (one of its records carries a generation) whose newest Helm
@@ -192,6 +197,17 @@ impl ClusterTarget {
                 "list the release records of every namespace",
             ))?;
         Ok(newest_deployed(&list.items))
+    }
+
+    /// Forgets what drift correction read of releases that are no longer among `deployed`
+    /// (uninstalled, failed, or made by hand since), so the memory follows the cluster.
+    pub fn forget_drift_except(&self, deployed: &[DeployedRelease]) {
+        let keep: std::collections::BTreeSet<(&str, &str)> = deployed
+            .iter()
+            .map(|d| (d.namespace.as_str(), d.release.as_str()))
+            .collect();
+        self.drift_records
+            .retain(|(namespace, release)| keep.contains(&(namespace.as_str(), release.as_str())));
     }
 
     /// Re-applies the stored manifest of the release's newest record if that record is a
