@@ -1016,3 +1016,121 @@ async fn a_helm_upgrade_by_hand_is_reported_then_built_on() -> anyhow::Result<()
     .await?;
     Ok(())
 }
+
+/// Subcharts as helm reads them, and a values schema: a subchart enabled by its condition,
+/// one left out by its tag, a value imported from a subchart (`import-values`); then an
+/// upgrade whose value breaks `values.schema.json`, refused before anything is applied. The
+/// same on both sites: values, rendered objects, records and history.
+#[tokio::test]
+async fn subcharts_and_a_values_schema_as_helm_reads_them() -> anyhow::Result<()> {
+    const NS: &str = "parity-subcharts";
+    let testbed = testbed().await;
+    wait_until_healthy(&testbed).await?;
+    let dir = tempfile::tempdir()?;
+    let configmap = |suffix: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{{{ .Release.Name }}}}-{suffix}\ndata:\n  values.json: {{{{ toJson .Values | quote }}}}\n"
+        )
+    };
+    let (top, db, cache) = (configmap("values"), configmap("db"), configmap("cache"));
+    let chart = tar_chart(
+        dir.path(),
+        "parity-sub",
+        &[
+            (
+                "Chart.yaml",
+                "apiVersion: v2\nname: parity-sub\nversion: 0.1.0\ndependencies:\n\
+                 - name: db\n  version: 0.1.0\n  condition: db.enabled\n  tags: [backend]\n\
+                 \x20 import-values:\n    - child: exported\n      parent: fromDb\n\
+                 - name: cache\n  version: 0.1.0\n  tags: [extras]\n",
+            ),
+            (
+                "values.yaml",
+                "replicas: 1\ndb:\n  enabled: true\ntags:\n  extras: false\n",
+            ),
+            (
+                "values.schema.json",
+                r#"{"type": "object", "properties": {"replicas": {"type": "integer", "minimum": 1}}}"#,
+            ),
+            ("templates/values.yaml", &top),
+            (
+                "charts/db/Chart.yaml",
+                "apiVersion: v2\nname: db\nversion: 0.1.0\n",
+            ),
+            ("charts/db/values.yaml", "exported:\n  port: 5432\n"),
+            ("charts/db/templates/cm.yaml", &db),
+            (
+                "charts/cache/Chart.yaml",
+                "apiVersion: v2\nname: cache\nversion: 0.1.0\n",
+            ),
+            ("charts/cache/templates/cm.yaml", &cache),
+        ],
+    )?;
+    let chart = chart.to_str().context("chart path is UTF-8")?;
+
+    optikon(
+        &testbed,
+        &["install", RELEASE, chart, "-n", NS, "-l", OPTIKON_SELECTOR],
+    )?
+    .ok()?;
+    helm_upgrade_install(&testbed, chart, NS, &["--create-namespace"])?.ok()?;
+    let ours = values_seen(&testbed, OPTIKON_SITE, NS).await?;
+    assert_eq!(ours, values_seen(&testbed, HELM_SITE, NS).await?, "values");
+    ensure!(
+        ours[2].contains(r#""fromDb":{"port":5432}"#),
+        "the value imported from the subchart: {}",
+        ours[2]
+    );
+    for site in [OPTIKON_SITE, HELM_SITE] {
+        let configmaps: Api<ConfigMap> = Api::namespaced(kube_client(&testbed, site).await?, NS);
+        assert!(
+            configmaps
+                .get_opt(&format!("{RELEASE}-db"))
+                .await?
+                .is_some(),
+            "the subchart its condition enables, on {site}"
+        );
+        assert!(
+            configmaps
+                .get_opt(&format!("{RELEASE}-cache"))
+                .await?
+                .is_none(),
+            "the subchart its tag leaves out, on {site}"
+        );
+    }
+    let record = |site| newest_record(&testbed, site, NS);
+    assert_eq!(
+        record(OPTIKON_SITE).await?.manifest,
+        record(HELM_SITE).await?.manifest,
+        "manifest"
+    );
+
+    let out = optikon(
+        &testbed,
+        &[
+            "upgrade",
+            RELEASE,
+            chart,
+            "-n",
+            NS,
+            "-l",
+            OPTIKON_SELECTOR,
+            "--set",
+            "replicas=0",
+        ],
+    )?;
+    ensure!(out.code == 1, "the schema refuses the upgrade: {out:?}");
+    let by_helm = helm_upgrade_install(&testbed, chart, NS, &["--set", "replicas=0"])?;
+    ensure_failed_naming(&by_helm, &["schema", "replicas"])?;
+    let reason = optikon_status(&testbed, NS)?.reason.unwrap_or_default();
+    ensure!(
+        reason.contains("schema") && reason.contains("replicas"),
+        "the reason names the schema and the value: {reason}"
+    );
+    assert_eq!(
+        history(&testbed, OPTIKON_SITE, NS)?,
+        history(&testbed, HELM_SITE, NS)?,
+        "nothing recorded for the refused upgrade, on either site"
+    );
+    Ok(())
+}

@@ -120,7 +120,38 @@ fn defines_templates(text: &str) -> bool {
 /// helm stores it (helm blanks `<no value>` in every rendered file; inside the JSON string
 /// it escaped that, so it is blanked here).
 fn take_notes(manifest: &mut String) -> Result<String, String> {
-    let source = format!("/{NOTES_TEMPLATE}\n");
+    let notes: String = take_document(manifest, NOTES_TEMPLATE, "notes")?;
+    Ok(notes.replace("<no value>", ""))
+}
+
+/// The template added to a chart with dependencies to print the values its templates see:
+/// helm keeps those (subcharts' defaults and imported values merged in) as the record's
+/// chart values, where a chart without dependencies keeps its `values.yaml` as read.
+const VALUES_TEMPLATE: &str = "templates/optikon.dev-rendered-values.yaml";
+
+fn add_values_template(chart_dir: &Path) -> std::io::Result<()> {
+    std::fs::write(
+        chart_dir.join(VALUES_TEMPLATE),
+        "apiVersion: optikon.dev/v1\nkind: RenderedValues\nvalues: {{ toJson .Values }}\n",
+    )
+}
+
+/// Whether Chart.yaml declares dependencies (subcharts).
+fn has_dependencies(chart_yaml: &Map<String, Value>) -> bool {
+    chart_yaml
+        .get("dependencies")
+        .and_then(Value::as_array)
+        .is_some_and(|d| !d.is_empty())
+}
+
+/// Takes the document an added template printed out of `helm template`'s output and reads
+/// its `field` (JSON, as the template wrote it with `toJson`).
+fn take_document<T: serde::de::DeserializeOwned>(
+    manifest: &mut String,
+    template: &str,
+    field: &str,
+) -> Result<T, String> {
+    let source = format!("/{template}\n");
     let Some(line) = manifest
         .match_indices("# Source: ")
         .map(|(at, _)| at)
@@ -131,7 +162,7 @@ fn take_notes(manifest: &mut String) -> Result<String, String> {
                 .is_some_and(|l| format!("{l}\n").ends_with(&source))
         })
     else {
-        return Err("the NOTES template printed nothing".to_owned());
+        return Err(format!("the added template {template} printed nothing"));
     };
     let start = manifest[..line].rfind("---\n").unwrap_or(line);
     let end = manifest[line..]
@@ -139,13 +170,12 @@ fn take_notes(manifest: &mut String) -> Result<String, String> {
         .map_or(manifest.len(), |at| line + at + 1);
     let doc = manifest[start..end].to_owned();
     manifest.replace_range(start..end, "");
+    let prefix = format!("{field}: ");
     let json = doc
         .lines()
-        .find_map(|l| l.strip_prefix("notes: "))
-        .ok_or("the NOTES template printed no notes")?;
-    let notes: String =
-        serde_json::from_str(json).map_err(|e| format!("the NOTES template printed {e}"))?;
-    Ok(notes.replace("<no value>", ""))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .ok_or_else(|| format!("the added template {template} printed no {field}"))?;
+    serde_json::from_str(json).map_err(|e| format!("the added template {template} printed {e}"))
 }
 
 /// A values file or `--set-file` file written for helm: where it is, and the name the user
@@ -367,6 +397,9 @@ pub(crate) async fn render(
             "NOTES.txt defines templates of its own; the record keeps no notes"
         );
     }
+    // Printed for every chart (one line of JSON); kept only for charts with dependencies.
+    add_values_template(&chart_dir)
+        .map_err(|e| ClusterError::io("write the values template", e))?;
     let mut names = vec![(chart_dir.clone(), "<chart>".to_owned())];
     names.extend(written.into_iter().map(|w| (w.path, w.name)));
     let home = scratch.path().join("helm-home");
@@ -384,6 +417,11 @@ pub(crate) async fn render(
     } else {
         String::new()
     };
+    let seen_values: Map<String, Value> =
+        match take_document(&mut manifest, VALUES_TEMPLATE, "values") {
+            Ok(values) => values,
+            Err(reason) => return Ok(Err(reason)),
+        };
 
     let probe_dir = scratch.path().join("probe");
     let file = |name: &str| file(name).unwrap_or_default();
@@ -399,10 +437,15 @@ pub(crate) async fn render(
         Ok(read) => read,
         Err(reason) => return Ok(Err(reason)),
     };
+    let with_dependencies = has_dependencies(&probe.chart_yaml);
     Ok(Ok(Rendered {
         manifest,
         config: probe.config,
-        chart_values: probe.chart_values,
+        chart_values: if with_dependencies {
+            seen_values
+        } else {
+            probe.chart_values
+        },
         chart_yaml: probe.chart_yaml,
         notes,
     }))
