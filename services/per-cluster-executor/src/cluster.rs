@@ -1192,12 +1192,14 @@ impl ClusterTarget {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &release.namespace);
         match api.create(&PostParams::default(), &secret).await {
             Ok(created) => {
+                // Not "revision recorded": that is said once the revision is settled, and
+                // the benchmark's breakdown reads it as the end of the readiness wait.
                 tracing::info!(
                     release = %release.name,
                     namespace = %release.namespace,
                     revision = release.version,
                     status = %release.info.status,
-                    "revision recorded"
+                    "pending revision recorded"
                 );
                 Ok(StoredRecord::from_secret(created).ok_or_else(|| {
                     format!(
