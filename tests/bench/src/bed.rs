@@ -437,31 +437,30 @@ impl Bench {
     /// Replaces a site's executor with one that renders through `helm` (same settings
     /// otherwise) and waits until it is ready. The old one stops first.
     pub async fn swap_executor_helm(&mut self, site: &str, helm: &Path) -> anyhow::Result<()> {
-        let name = format!("per-cluster-executor@{site}");
-        let index = self
-            .testbed
-            .services
-            .iter()
-            .position(|s| s.spec.name == name)
-            .with_context(|| format!("no {name}"))?;
-        let old = self.testbed.services.remove(index);
-        let mut spec = old.spec.clone();
-        let ready_before = log_count(old.log(), READY);
-        drop(old);
-        for (key, value) in &mut spec.env {
-            if key == "OPTIKON_HELM" {
-                *value = helm.display().to_string();
+        self.swap_executor(site, |spec| {
+            for (key, value) in &mut spec.env {
+                if key == "OPTIKON_HELM" {
+                    *value = helm.display().to_string();
+                }
             }
-        }
-        let process = optikon_testbed::services::ServiceProcess::start(&spec, self.testbed.dir())?;
-        let log = process.log().to_owned();
-        self.testbed.services.push(process);
-        wait_log(&log, READY, ready_before + 1).await
+        })
+        .await
     }
 
     /// Replaces a site's executor with `binary` (same settings otherwise) and waits until it
     /// is ready. The old one stops first.
     pub async fn swap_executor_binary(&mut self, site: &str, binary: &Path) -> anyhow::Result<()> {
+        self.swap_executor(site, |spec| spec.binary = binary.to_owned())
+            .await
+    }
+
+    /// Stops a site's executor and starts it again with its spec changed by `change`, then
+    /// waits until the new one is ready.
+    async fn swap_executor(
+        &mut self,
+        site: &str,
+        change: impl FnOnce(&mut optikon_testbed::services::ServiceSpec),
+    ) -> anyhow::Result<()> {
         let name = format!("per-cluster-executor@{site}");
         let index = self
             .testbed
@@ -473,7 +472,7 @@ impl Bench {
         let mut spec = old.spec.clone();
         let ready_before = log_count(old.log(), READY);
         drop(old);
-        spec.binary = binary.to_owned();
+        change(&mut spec);
         let process = optikon_testbed::services::ServiceProcess::start(&spec, self.testbed.dir())?;
         let log = process.log().to_owned();
         self.testbed.services.push(process);
