@@ -1060,31 +1060,17 @@ async fn newest_record(
     Ok(optikon_core::release_record::decode(&data.0)?)
 }
 
-/// A pre-install Job that cannot be scheduled: the hook runs out of the release's wait and
-/// the install fails in helm's words, before any object is applied. The next generation is an
-/// upgrade (as `helm upgrade --install` after a failed install); its hook deletes the stuck
-/// Job first (the default `before-hook-creation`) and this time completes.
-async fn a_hook_out_of_time_fails_and_runs_again(bed: &Bed) -> Result<()> {
-    let (ns, name) = ("hooked", "hooked");
-    let (_, tgz) = bed.chart(
-        "hooked",
-        "1.0.0",
-        &[
-            (
-                "Chart.yaml",
-                "apiVersion: v2\nname: hooked\nversion: 1.0.0\n",
-            ),
-            ("values.yaml", "nodeSelector: {}\n"),
-            (
-                "templates/app.yaml",
-                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hooked-app\n",
-            ),
-            (
-                "templates/setup.yaml",
-                r#"apiVersion: batch/v1
+/// Chart `name` 1.0.0: a ConfigMap `<name>-app`, and a pre-install/pre-upgrade Job
+/// `<name>-setup` whose pod goes where `nodeSelector` (a value) says; a selector no node
+/// matches leaves the hook waiting.
+fn setup_hook_chart(bed: &Bed, name: &str) -> Result<Vec<u8>> {
+    let chart_yaml = format!("apiVersion: v2\nname: {name}\nversion: 1.0.0\n");
+    let app = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}-app\n");
+    let setup = format!(
+        r#"apiVersion: batch/v1
 kind: Job
 metadata:
-  name: hooked-setup
+  name: {name}-setup
   annotations:
     helm.sh/hook: pre-install,pre-upgrade
 spec:
@@ -1092,17 +1078,35 @@ spec:
   template:
     spec:
       restartPolicy: Never
-      {{- with .Values.nodeSelector }}
+      {{{{- with .Values.nodeSelector }}}}
       nodeSelector:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
+        {{{{- toYaml . | nindent 8 }}}}
+      {{{{- end }}}}
       containers:
         - name: setup
           image: busybox
-"#,
-            ),
+"#
+    );
+    let (_, tgz) = bed.chart(
+        name,
+        "1.0.0",
+        &[
+            ("Chart.yaml", &chart_yaml),
+            ("values.yaml", "nodeSelector: {}\n"),
+            ("templates/app.yaml", &app),
+            ("templates/setup.yaml", &setup),
         ],
     )?;
+    Ok(tgz)
+}
+
+/// A pre-install Job that cannot be scheduled: the hook runs out of the release's wait and
+/// the install fails in helm's words, before any object is applied. The next generation is an
+/// upgrade (as `helm upgrade --install` after a failed install); its hook deletes the stuck
+/// Job first (the default `before-hook-creation`) and this time completes.
+async fn a_hook_out_of_time_fails_and_runs_again(bed: &Bed) -> Result<()> {
+    let (ns, name) = ("hooked", "hooked");
+    let tgz = setup_hook_chart(bed, "hooked")?;
     let target = bed.target(Duration::from_secs(5)).await;
     let stuck = json!({"nodeSelector": {"optikon.dev/no-such-node": "true"}});
     let outcome = target
@@ -1187,43 +1191,7 @@ async fn hook_job_made(bed: &Bed, namespace: &str, job: &str, not: Option<&str>)
 async fn pending_records_as_helm_writes_them(bed: &Bed) -> Result<()> {
     use optikon_core::release_record::Status;
     let (ns, name) = ("pending", "pending");
-    let (_, tgz) = bed.chart(
-        "pending",
-        "1.0.0",
-        &[
-            (
-                "Chart.yaml",
-                "apiVersion: v2\nname: pending\nversion: 1.0.0\n",
-            ),
-            ("values.yaml", "nodeSelector: {}\n"),
-            (
-                "templates/app.yaml",
-                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: pending-app\n",
-            ),
-            (
-                "templates/setup.yaml",
-                r#"apiVersion: batch/v1
-kind: Job
-metadata:
-  name: pending-setup
-  annotations:
-    helm.sh/hook: pre-install,pre-upgrade
-spec:
-  backoffLimit: 0
-  template:
-    spec:
-      restartPolicy: Never
-      {{- with .Values.nodeSelector }}
-      nodeSelector:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      containers:
-        - name: setup
-          image: busybox
-"#,
-            ),
-        ],
-    )?;
+    let tgz = setup_hook_chart(bed, "pending")?;
     let stuck = json!({"nodeSelector": {"optikon.dev/no-such-node": "true"}});
     let first = desired(ns, name, 1, Action::Install, stuck);
     let target = bed.target(Duration::from_secs(120)).await;
