@@ -7,6 +7,7 @@ pub mod chart;
 pub mod manifest;
 pub mod message;
 pub mod names;
+pub mod proximity;
 pub mod release_record;
 pub mod schema;
 pub mod selector;

@@ -374,6 +374,21 @@ pub struct Heartbeat {
     pub at: Timestamp,
 }
 
+impl Heartbeat {
+    /// The site's health at `now` if this is its newest heartbeat: a stale one (three
+    /// intervals old) makes it unreachable, whatever it said.
+    pub fn health(&self, now: Timestamp) -> Health {
+        let stale_after = f64::from(self.interval_seconds.max(1)) * 3.0;
+        if self.at.seconds_until(now) > stale_after {
+            Health::Unreachable
+        } else if self.api_ready && self.nodes_ready == self.nodes_total && self.error.is_none() {
+            Health::Healthy
+        } else {
+            Health::Degraded
+        }
+    }
+}
+
 /// Health as a reader derives it from the last heartbeat and the time now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -417,17 +432,9 @@ pub struct ClusterRecord {
 impl ClusterRecord {
     /// Health at `now`: stale heartbeats make a cluster unreachable, whatever they said.
     pub fn health(&self, now: Timestamp) -> Health {
-        let Some(hb) = &self.last_heartbeat else {
-            return Health::Unknown;
-        };
-        let stale_after = f64::from(hb.interval_seconds.max(1)) * 3.0;
-        if hb.at.seconds_until(now) > stale_after {
-            Health::Unreachable
-        } else if hb.api_ready && hb.nodes_ready == hb.nodes_total && hb.error.is_none() {
-            Health::Healthy
-        } else {
-            Health::Degraded
-        }
+        self.last_heartbeat
+            .as_ref()
+            .map_or(Health::Unknown, |hb| hb.health(now))
     }
 
     pub fn last_seen(&self) -> Option<Timestamp> {
@@ -699,6 +706,56 @@ pub struct ChartFetchRequest {
     pub api_version: ApiVersion,
     /// `sha256:<hex>` of the archive, as in the command's [`ChartPin`].
     pub digest: String,
+}
+
+/// One Service a site runs, answered as `<name>.<namespace>.<base domain>` by proximity DNS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEndpoint {
+    pub namespace: String,
+    pub name: String,
+    /// Where clients outside the cluster reach it: the load balancer's addresses, else the
+    /// Service's `externalIPs`.
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+/// The Services one site runs that have an address outside their cluster: the site's entry
+/// in the hub's `services` bucket (key: the cluster), put by the site itself whenever they
+/// change. Whether the site is up is read from its heartbeats, not from here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SiteServices {
+    pub api_version: ApiVersion,
+    pub cluster: String,
+    pub services: Vec<ServiceEndpoint>,
+    pub at: Timestamp,
+}
+
+/// A site's DNS server asks the hub for the sites nearest to it that run a Service
+/// (request on `optikon.api.dns.resolve.<cluster>`; reply `Reply<DnsAnswer>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsResolveRequest {
+    pub api_version: ApiVersion,
+    pub namespace: String,
+    pub service: String,
+}
+
+/// The sites that answer a name, nearest first; empty when no healthy site runs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsAnswer {
+    pub sites: Vec<DnsSite>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsSite {
+    pub cluster: String,
+    pub addresses: Vec<std::net::IpAddr>,
+    /// Kilometres from the asking site, when both positions are known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distance_km: Option<f64>,
 }
 
 #[cfg(test)]

@@ -61,6 +61,14 @@ pub fn validate_namespace(s: &str) -> Result<(), NameError> {
     })
 }
 
+/// Checks a Service name as a proximity DNS question names it. Kubernetes' own rule for
+/// Services (DNS-1035) is stricter still, so every Service a site reports passes.
+pub fn validate_service_name(s: &str) -> Result<(), NameError> {
+    dns1123_label_problem(s).map_or(Ok(()), |problem| {
+        Err(invalid("service name", s, problem, DNS_LABEL_RULE))
+    })
+}
+
 /// Checks a cluster name. It becomes a NATS JetStream domain and a subject token, so it is a
 /// DNS-1123 label (no dots), and it must not be the hub's own domain.
 pub fn validate_cluster_name(s: &str) -> Result<(), NameError> {

@@ -7,7 +7,8 @@ use schemars::{JsonSchema, Schema, schema_for};
 
 use crate::message::{
     ChartFetchRequest, ChartIndexEntry, ClusterRecord, ClusterRegistration, DesiredRelease,
-    Heartbeat, ReleaseRequest, ReleaseStatus, Reply, RequestStatus,
+    DnsAnswer, DnsResolveRequest, Heartbeat, ReleaseRequest, ReleaseStatus, Reply, RequestStatus,
+    SiteServices,
 };
 
 fn named<T: JsonSchema>(file: &'static str) -> (&'static str, Schema) {
@@ -29,6 +30,9 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         named::<Reply<ClusterRecord>>("cluster-register-reply.json"),
         named::<ChartFetchRequest>("chart-fetch-request.json"),
         named::<Reply<()>>("chart-fetch-error.json"),
+        named::<SiteServices>("site-services.json"),
+        named::<DnsResolveRequest>("dns-resolve-request.json"),
+        named::<Reply<DnsAnswer>>("dns-resolve-reply.json"),
     ]
 }
 

@@ -50,6 +50,14 @@ pub const OUTBOX_PREFIX: &str = "optikon.outbox";
 /// Heartbeats, one KV entry per cluster, written by the edge itself (key: the cluster).
 /// Apart from the registry, so a heartbeat costs the hub one small store and nothing else.
 pub const HEARTBEATS_BUCKET: &str = "heartbeats";
+/// The Services each site runs with an address outside its cluster, one KV entry per
+/// cluster (key: the cluster), written by the site itself when they change; proximity DNS
+/// answers from it.
+pub const SERVICES_BUCKET: &str = "services";
+/// Request/reply: a site's DNS server asks the hub which sites nearest to it run a service,
+/// on `optikon.api.dns.resolve.<cluster>` (reply: `Reply<DnsAnswer>`). The asking cluster,
+/// whose position the hub measures from, is the subject's last token; see [`dns_resolve`].
+pub const DNS_RESOLVE_PREFIX: &str = "optikon.api.dns.resolve";
 
 /// Request progress events: `optikon.event.request.<id>`, stored in `EVENTS`.
 pub const EVENT_REQUEST_PREFIX: &str = "optikon.event.request";
@@ -209,6 +217,20 @@ pub fn heartbeat_put(cluster: &str) -> String {
         "$JS.{HUB_DOMAIN}.API.$KV.{HEARTBEATS_BUCKET}.{}",
         heartbeat_key(cluster)
     )
+}
+
+/// The subject a site puts its Services on, to land in its own entry of the hub's
+/// [`SERVICES_BUCKET`] (a KV put from another domain, as [`heartbeat_put`]).
+pub fn services_put(cluster: &str) -> String {
+    format!(
+        "$JS.{HUB_DOMAIN}.API.$KV.{SERVICES_BUCKET}.{}",
+        token(cluster)
+    )
+}
+
+/// `optikon.api.dns.resolve.<cluster>`
+pub fn dns_resolve(cluster: &str) -> String {
+    format!("{DNS_RESOLVE_PREFIX}.{}", token(cluster))
 }
 
 /// The subject a heartbeat is stored under at the hub (what live watchers subscribe to).

@@ -1,4 +1,4 @@
-//! Listing a KV bucket's keys reliably.
+//! Listing a KV bucket's keys reliably, and following a bucket live.
 //!
 //! `kv::Store::keys()` walks the bucket with a consumer, and a key rewritten while the walk
 //! runs (a heartbeat updating a cluster record, say) can be missed: a selector would then
@@ -6,7 +6,7 @@
 //! consistent answer from the server instead.
 
 use async_nats::jetstream;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 /// Every key of `bucket` that has a message (a deleted key's marker counts: readers skip it).
 pub async fn keys(js: &jetstream::Context, bucket: &str) -> Result<Vec<String>, String> {
@@ -95,4 +95,34 @@ pub async fn latest_values(
         }
     }
     Ok(values)
+}
+
+/// Hands every change of `bucket` to `apply`, re-watching from scratch when the watch ends
+/// (a reconnect): the newest value of every key comes first, then each change. Runs
+/// forever; `what` names the bucket in logs.
+pub async fn follow_bucket(
+    bucket: jetstream::kv::Store,
+    what: &str,
+    mut apply: impl FnMut(jetstream::kv::Entry),
+) {
+    loop {
+        let mut entries = match bucket.watch_with_history(">").await {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::warn!(%error, what, "cannot watch the bucket; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(entry) = entries.next().await {
+            match entry {
+                Ok(entry) => apply(entry),
+                Err(error) => {
+                    tracing::warn!(%error, what, "bucket watch interrupted");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

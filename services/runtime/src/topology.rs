@@ -190,6 +190,17 @@ pub async fn ensure_hub(js: &jetstream::Context) -> Result<(), TopologyError> {
         .await?;
     }
     ensure_heartbeats(js).await?;
+    ensure_kv(
+        js,
+        kv::Config {
+            bucket: subject::SERVICES_BUCKET.into(),
+            history: 1,
+            // Written by the edges themselves: a site cannot make its entry large.
+            max_value_size: MAX_SITE_SERVICES_BYTES,
+            ..Default::default()
+        },
+    )
+    .await?;
     for bucket in [subject::REQUESTS_BUCKET, subject::REQUEST_CLUSTERS_BUCKET] {
         ensure_kv(
             js,
@@ -318,6 +329,8 @@ pub const EDGE_ACK_WAIT: Duration = Duration::from_secs(10);
 pub const EDGE_MAX_WAITING: i64 = 4;
 /// Largest heartbeat an edge may store.
 pub const MAX_HEARTBEAT_BYTES: i32 = 16 * 1024;
+/// Largest entry a site may put in the `services` bucket: about 2,000 Services.
+pub const MAX_SITE_SERVICES_BYTES: i32 = 256 * 1024;
 
 /// The hub's durable consumer through which `cluster` pulls its commands, created if it is
 /// missing (and corrected if an older version made it differently). `js` must be the hub's

@@ -52,7 +52,7 @@ impl DesiredView {
 }
 
 async fn follow(bucket: kv::Store, view: DesiredView) {
-    crate::view::follow_bucket(bucket, "desired state", |entry| match entry.operation {
+    optikon_runtime::kv::follow_bucket(bucket, "desired state", |entry| match entry.operation {
         kv::Operation::Put => match serde_json::from_slice(&entry.value) {
             Ok(desired) => view.apply(&entry.key, Some((desired, entry.revision))),
             Err(_) => view.apply(&entry.key, None),

@@ -11,7 +11,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures::StreamExt;
 use optikon_core::message::{ApiError, ClusterRecord};
 use optikon_core::selector::{LabelSelector, Operator};
 use optikon_core::subject;
@@ -144,35 +143,9 @@ impl ClusterView {
     }
 }
 
-/// Hands every change of `bucket` to `apply`, re-watching from scratch when the watch ends
-/// (a reconnect): the newest value of every key comes first, then each change. Runs
-/// forever; `what` names the bucket in logs.
-pub(crate) async fn follow_bucket(bucket: kv::Store, what: &str, mut apply: impl FnMut(kv::Entry)) {
-    loop {
-        let mut entries = match bucket.watch_with_history(">").await {
-            Ok(entries) => entries,
-            Err(error) => {
-                tracing::warn!(%error, what, "cannot watch the bucket; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        while let Some(entry) = entries.next().await {
-            match entry {
-                Ok(entry) => apply(entry),
-                Err(error) => {
-                    tracing::warn!(%error, what, "bucket watch interrupted");
-                    break;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Applies every change of the registry to `registry` and says how far it got in `seen`.
 async fn follow(bucket: kv::Store, registry: Arc<RwLock<Registry>>, seen: watch::Sender<u64>) {
-    follow_bucket(bucket, "cluster registry", |entry| {
+    optikon_runtime::kv::follow_bucket(bucket, "cluster registry", |entry| {
         {
             let mut records = registry.write().expect("cluster view lock");
             match entry.operation {
