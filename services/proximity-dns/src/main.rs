@@ -22,7 +22,11 @@ struct Args {
     #[arg(long, env = "OPTIKON_DNS_LISTEN", default_value = "127.0.0.1:5353")]
     listen: SocketAddr,
     /// The domain under which every Service is named.
-    #[arg(long, env = "OPTIKON_DNS_BASE_DOMAIN", default_value = "optikon.local")]
+    #[arg(
+        long,
+        env = "OPTIKON_DNS_BASE_DOMAIN",
+        default_value = "optikon.internal"
+    )]
     base_domain: String,
     /// Seconds clients may cache an answer: short, so they follow a site going away.
     #[arg(long, env = "OPTIKON_DNS_TTL", default_value_t = 5)]
@@ -59,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
         .filter(|n| n.num_labels() > 0)
         .with_context(|| {
             format!(
-                "--base-domain {:?} is not a domain name (e.g. optikon.local)",
+                "--base-domain {:?} is not a domain name (e.g. optikon.internal)",
                 args.base_domain
             )
         })?;

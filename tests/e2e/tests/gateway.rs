@@ -1177,7 +1177,7 @@ mod browser {
             (Some(chromium), Some(driver)) => Ok((chromium, driver)),
             (chromium, driver) => bail!(
                 "the browser test needs Debian's chromium and chromedriver (found chromium: {}, chromedriver: {}); \
-                 install them with scripts/install-browser",
+                 install them with scripts/install-packages",
                 chromium.is_some(),
                 driver.is_some()
             ),

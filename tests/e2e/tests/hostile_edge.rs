@@ -256,6 +256,16 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
             subject::release_status(VICTIM, "default", "web"),
             r#"{"forged":true}"#,
         ),
+        // Point the fleet's DNS at itself in the victim's name, or ask as the victim.
+        (
+            subject::services_put(VICTIM),
+            site_services(VICTIM).as_str(),
+        ),
+        (
+            format!("$KV.services.{VICTIM}"),
+            site_services(VICTIM).as_str(),
+        ),
+        (subject::dns_resolve(VICTIM), DNS_QUESTION),
     ] {
         refused(thief, &subject, body)
             .await
@@ -282,6 +292,10 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
     ensure!(
         hub.kv(subject::HEARTBEATS_BUCKET, VICTIM).await?.is_none(),
         "{from}: a heartbeat was forged for {VICTIM}"
+    );
+    ensure!(
+        hub.kv(subject::SERVICES_BUCKET, VICTIM).await?.is_none(),
+        "{from}: Services were forged for {VICTIM}"
     );
     let victim_record = hub.kv(subject::CLUSTERS_BUCKET, VICTIM).await?;
     ensure!(
@@ -356,6 +370,16 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
         anyhow::bail!("{from} heard {subject}, meant for someone else");
     }
     Ok(())
+}
+
+/// A DNS question as a site's proximity DNS asks it.
+const DNS_QUESTION: &str = r#"{"apiVersion":"optikon/v1","namespace":"shop","service":"web"}"#;
+
+/// A site's Services entry claiming `name` runs `shop/web` at a documentation address.
+fn site_services(name: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"optikon/v1","cluster":"{name}","services":[{{"namespace":"shop","name":"web","addresses":["192.0.2.66"]}}],"at":"2026-01-01T00:00:00Z"}}"#
+    )
 }
 
 fn registration(name: &str) -> String {
@@ -473,6 +497,28 @@ async fn legitimate_path_works(
         },
     )
     .await?;
+
+    // Its Services are stored in its own entry, and its DNS questions are answered.
+    let reply = site
+        .request(subject::services_put(THIEF), site_services(THIEF).into())
+        .await?;
+    ensure!(
+        !String::from_utf8_lossy(&reply.payload).contains("error"),
+        "{from}: its own Services: {}",
+        String::from_utf8_lossy(&reply.payload)
+    );
+    ensure!(
+        hub.kv(subject::SERVICES_BUCKET, THIEF).await?.is_some(),
+        "{from}: its Services are not at the hub"
+    );
+    let reply = site
+        .request(subject::dns_resolve(THIEF), DNS_QUESTION.into())
+        .await?;
+    ensure!(
+        String::from_utf8_lossy(&reply.payload).contains("\"sites\""),
+        "{from}: its DNS question: {}",
+        String::from_utf8_lossy(&reply.payload)
+    );
 
     // Its registration is answered.
     let reply = site
@@ -619,6 +665,7 @@ async fn each_hub_role_stays_within_its_role() -> anyhow::Result<()> {
         HubRole::Gateway,
         HubRole::Operator,
         HubRole::ChartIngest,
+        HubRole::ProximityDns,
         HubRole::Router,
     ] {
         let client = connect(&testbed.role_url(role), None).await?;
@@ -629,6 +676,7 @@ async fn each_hub_role_stays_within_its_role() -> anyhow::Result<()> {
             ("$JS.API.STREAM.DELETE.CMD".to_owned(), ""),
             ("$JS.API.STREAM.PURGE.KV_desired".to_owned(), "{}"),
             (format!("$KV.heartbeats.{VICTIM}"), "{}"),
+            (format!("$KV.services.{VICTIM}"), "{}"),
         ];
         if role != HubRole::Router {
             forbidden.push((command_subject.clone(), "{}"));
@@ -682,6 +730,10 @@ async fn each_hub_role_stays_within_its_role() -> anyhow::Result<()> {
         ensure!(
             hub.kv(subject::HEARTBEATS_BUCKET, VICTIM).await?.is_none(),
             "{who} wrote a heartbeat"
+        );
+        ensure!(
+            hub.kv(subject::SERVICES_BUCKET, VICTIM).await?.is_none(),
+            "{who} wrote a site's Services"
         );
         ensure!(
             hub.messages_in(subject::CMD_STREAM).await? == 0,

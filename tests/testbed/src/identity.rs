@@ -83,6 +83,8 @@ pub enum HubRole {
     Router,
     /// chart-ingest: charts in, chart fetches out.
     ChartIngest,
+    /// proximity-dns at the hub: reads the fleet's table, answers sites' DNS questions.
+    ProximityDns,
     /// The gateway: an operator's client on the web.
     Gateway,
     /// A person or script with the `optikon` or `nats` CLI.
@@ -93,9 +95,10 @@ pub enum HubRole {
 }
 
 impl HubRole {
-    pub const ALL: [HubRole; 5] = [
+    pub const ALL: [HubRole; 6] = [
         HubRole::Router,
         HubRole::ChartIngest,
+        HubRole::ProximityDns,
         HubRole::Gateway,
         HubRole::Operator,
         HubRole::Admin,
@@ -106,6 +109,7 @@ impl HubRole {
         match self {
             HubRole::Router => "router",
             HubRole::ChartIngest => "chart-ingest",
+            HubRole::ProximityDns => "proximity-dns",
             HubRole::Gateway => "gateway",
             HubRole::Operator => "operator",
             HubRole::Admin => "admin",

@@ -520,6 +520,19 @@ impl Testbed {
             .map(|(_, address)| format!("http://{address}/"))
     }
 
+    /// Where proximity DNS answers at `site`, or at the hub for `None`, when services run.
+    pub fn dns_address(&self, site: Option<&str>) -> Option<SocketAddr> {
+        let name = match site {
+            Some(site) => format!("proximity-dns@{site}"),
+            None => "proximity-dns".to_owned(),
+        };
+        let spec = &self.services.iter().find(|s| s.spec.name == name)?.spec;
+        spec.env
+            .iter()
+            .find(|(k, _)| k == services::DNS_LISTEN_ENV)
+            .and_then(|(_, address)| address.parse().ok())
+    }
+
     pub fn service_mut(&mut self, name: &str) -> Option<&mut ServiceProcess> {
         self.services.iter_mut().find(|s| s.spec.name == name)
     }
@@ -595,6 +608,19 @@ pub fn free_port() -> Result<u16, Error> {
         .local_addr()
         .map(|a| a.port())
         .map_err(|e| Error::io("find a free port", e))
+}
+
+/// A port free on loopback for both UDP and TCP (a DNS server listens on both).
+pub fn free_udp_and_tcp_port() -> Result<u16, Error> {
+    for _ in 0..50 {
+        let port = free_port()?;
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(Error::Config(
+        "no loopback port free for both UDP and TCP after 50 tries".into(),
+    ))
 }
 
 /// A minimal HTTP/1.0 GET against a loopback port: status and body.

@@ -139,6 +139,9 @@ fn print_info(testbed: &Testbed) {
         if let Some(kubeconfig) = &edge.kubeconfig {
             println!("  kubeconfig  {}", kubeconfig.display());
         }
+        if let Some(address) = testbed.dns_address(Some(&edge.name)) {
+            println!("  dns         {address}");
+        }
     }
     for service in &testbed.services {
         println!(
@@ -149,6 +152,12 @@ fn print_info(testbed: &Testbed) {
     }
     if let Some(url) = testbed.gateway_url() {
         println!("gateway   {url}");
+    }
+    if let Some(address) = testbed.dns_address(None) {
+        println!(
+            "dns       {address}  (hub; names <service>.<namespace>.{})",
+            optikon_testbed::services::TESTBED_DNS_DOMAIN
+        );
     }
     println!("details   {}", info.dir.join("testbed.json").display());
     let cli = optikon_testbed::services::service_bin_dir()
@@ -161,6 +170,14 @@ fn print_info(testbed: &Testbed) {
     println!("  {cli} list");
     if let Some(url) = testbed.gateway_url() {
         println!("or open the Edge Manager: {url}");
+    }
+    if let Some(address) = testbed.dns_address(None) {
+        println!(
+            "or ask proximity DNS: dig -p {} @{} <service>.<namespace>.{}",
+            address.port(),
+            address.ip(),
+            optikon_testbed::services::TESTBED_DNS_DOMAIN
+        );
     }
 }
 

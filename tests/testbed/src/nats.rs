@@ -107,6 +107,7 @@ pub fn hub_config(
     let role_values = BTreeMap::from([
         ("router_password", password(HubRole::Router)?),
         ("chart_ingest_password", password(HubRole::ChartIngest)?),
+        ("proximity_dns_password", password(HubRole::ProximityDns)?),
         ("admin_password", password(HubRole::Admin)?),
         ("client_users", client_users),
     ]);
@@ -292,8 +293,8 @@ mod tests {
         );
         // No edge may use the JetStream API beyond pulling, nor every cluster's subjects.
         assert!(!conf.contains("\"$JS.hub.API.>\""));
-        // Only the four hub roles that need it hear the shared inbox prefix.
-        assert_eq!(conf.matches("\"_INBOX.>\"").count(), 4);
+        // Only the five hub roles that need it hear the shared inbox prefix.
+        assert_eq!(conf.matches("\"_INBOX.>\"").count(), 5);
         // Only the leaf node carrying simulated clusters may use any cluster's subjects.
         assert_eq!(conf.matches("\"optikon.status.*.release.>\"").count(), 1);
     }

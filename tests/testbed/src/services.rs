@@ -10,6 +10,10 @@ use crate::{Error, Testbed};
 
 /// The gateway's listen address variable; the test bed picks a free port for it.
 pub const GATEWAY_LISTEN_ENV: &str = "OPTIKON_GATEWAY_LISTEN";
+/// proximity-dns's listen address variable (UDP and TCP); the test bed picks a free port.
+pub const DNS_LISTEN_ENV: &str = "OPTIKON_DNS_LISTEN";
+/// The base domain under which the test bed's proximity DNS names every Service.
+pub const TESTBED_DNS_DOMAIN: &str = "optikon.test";
 /// Seconds between each test-bed site's heartbeats.
 pub const TESTBED_HEARTBEAT_SECONDS: u64 = 5;
 
@@ -44,6 +48,9 @@ impl ServiceSpec {
             format!("127.0.0.1:{}", crate::free_port()?),
         ));
         specs.push(gateway);
+        let mut dns = hub("proximity-dns", HubRole::ProximityDns);
+        dns.env.extend(dns_env()?);
+        specs.push(dns);
         for edge in &testbed.edges {
             let Some(cluster) = &edge.cluster else {
                 continue;
@@ -73,6 +80,14 @@ impl ServiceSpec {
                 args: Vec::new(),
                 env: env.clone(),
             });
+            let mut dns_site_env = env.clone();
+            dns_site_env.extend(dns_env()?);
+            specs.push(ServiceSpec {
+                name: format!("proximity-dns@{}", edge.site.name),
+                binary: bin.join("proximity-dns"),
+                args: Vec::new(),
+                env: dns_site_env,
+            });
             let mut prober_env = env;
             prober_env.push(("OPTIKON_CLUSTER_LABELS".into(), labels));
             // Quicker than the prober's default, so that tests see a cut site go
@@ -90,6 +105,17 @@ impl ServiceSpec {
         }
         Ok(specs)
     }
+}
+
+/// A free port for both UDP and TCP, and the base domain, for one proximity-dns.
+fn dns_env() -> Result<Vec<(String, String)>, Error> {
+    Ok(vec![
+        (
+            DNS_LISTEN_ENV.into(),
+            format!("127.0.0.1:{}", crate::free_udp_and_tcp_port()?),
+        ),
+        ("OPTIKON_DNS_BASE_DOMAIN".into(), TESTBED_DNS_DOMAIN.into()),
+    ])
 }
 
 /// A running service.
