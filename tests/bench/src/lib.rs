@@ -9,6 +9,7 @@
 pub mod bed;
 pub mod control;
 pub mod cpu;
+pub mod dns;
 pub mod drift;
 pub mod fleet;
 pub mod logs;
@@ -64,6 +65,9 @@ pub struct Args {
     /// An earlier executor binary measured beside this build's in the drift part.
     #[arg(long, env = "OPTIKON_BENCH_DRIFT_BASELINE")]
     pub drift_baseline: Option<PathBuf>,
+    /// Sites in the hub's table for the proximity DNS part.
+    #[arg(long, env = "OPTIKON_BENCH_DNS_SITES", default_value_t = 1000)]
+    pub dns_sites: usize,
     /// Run only these parts (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub parts: Vec<Part>,
@@ -85,6 +89,7 @@ pub enum Part {
     Steps,
     ControlPlane,
     Drift,
+    Dns,
 }
 
 /// What one run is set to do.
@@ -99,6 +104,7 @@ pub struct Plan {
     pub control: control::ControlPlan,
     pub drift_releases: usize,
     pub drift_baseline: Option<PathBuf>,
+    pub dns_sites: usize,
 }
 
 impl Plan {
@@ -115,6 +121,7 @@ impl Plan {
                 Part::Steps,
                 Part::ControlPlane,
                 Part::Drift,
+                Part::Dns,
             ]
         } else {
             args.parts.clone()
@@ -136,6 +143,7 @@ impl Plan {
                 .unwrap_or(if args.quick { 40 } else { 200 })
                 .max(1),
             drift_baseline: args.drift_baseline.clone(),
+            dns_sites: args.dns_sites.max(1),
             parts,
             control: control::ControlPlan {
                 sizes: if !args.control_sizes.is_empty() {
@@ -199,6 +207,14 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     }
     if plan.parts.contains(&Part::ControlPlane) {
         results.control = control::run(&runtime, &plan.control)?;
+    }
+    if plan.parts.contains(&Part::Dns) {
+        eprintln!(
+            "== part 6: proximity DNS with {} sites, against NSD",
+            plan.dns_sites
+        );
+        let rounds = if args.quick { 1 } else { 3 };
+        results.dns = Some(dns::run(&runtime, plan.dns_sites, rounds)?);
     }
     results.total_seconds = started.elapsed().as_secs_f64();
     let text = report::markdown(&results);

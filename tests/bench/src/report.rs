@@ -29,6 +29,7 @@ pub struct Results {
     pub steps: Option<StepsResult>,
     pub control: Vec<ScaleResult>,
     pub drift: Option<crate::drift::DriftResult>,
+    pub dns: Option<crate::dns::DnsResult>,
 }
 
 impl Default for Results {
@@ -55,6 +56,7 @@ impl Default for Results {
                 },
                 drift_releases: 0,
                 drift_baseline: None,
+                dns_sites: 0,
             },
             sites: 0,
             startup_seconds: 0.0,
@@ -66,6 +68,7 @@ impl Default for Results {
             steps: None,
             control: Vec::new(),
             drift: None,
+            dns: None,
         }
     }
 }
@@ -256,6 +259,30 @@ pub fn markdown(r: &Results) -> String {
             d.releases, 25, d.window_seconds, d.drift_check_seconds
         );
         let _ = writeln!(out, "{}", crate::drift::table(d).render());
+    }
+    if let Some(d) = &r.dns {
+        let _ = writeln!(
+            out,
+            "## 6. Proximity DNS at the hub with {} sites: Optikon vs NSD\n",
+            thousands(d.sites)
+        );
+        let _ = writeln!(
+            out,
+            "The hub's buckets hold {} sites as the router and the sites write them (a registry \
+             record with a `lat`/`long` position spread over Europe, a fresh heartbeat, ten \
+             Services each out of {} names), and the hub's `proximity-dns` (release build) \
+             answers from them, choosing per query the nearest healthy sites to the hub's \
+             position. NSD (Debian's, one server process) answers the same {} names with the \
+             same addresses from a zone file written from proximity-dns's answers. Both are \
+             asked by dnsperf on this machine ({} clients, A queries cycling through the names, \
+             {} s windows, the servers taking turns):\n",
+            thousands(d.sites),
+            d.names,
+            d.names,
+            8,
+            d.window_seconds
+        );
+        let _ = writeln!(out, "{}", crate::dns::table(d).render());
     }
     out
 }
