@@ -71,13 +71,25 @@ pub async fn run(
         writer,
         watcher(kube::Api::all(kube), watcher::Config::default()),
     )
-    .default_backoff()
-    .touched_objects();
+    .default_backoff();
     futures::pin_mut!(events);
+    // Nothing is reported before the first full list: a half-listed cluster would take
+    // Services away from the hub's answers for a moment.
+    let mut listed = false;
     loop {
         tokio::select! {
             event = events.next() => match event {
-                Some(Ok(_)) => {}
+                Some(Ok(watcher::Event::InitDone)) => {
+                    let first = !listed;
+                    listed = true;
+                    if first {
+                        // Report even an empty cluster once, so the hub's entry is current.
+                        update(&local, &store, &changed_tx, true);
+                        continue;
+                    }
+                }
+                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => continue,
+                Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => {}
                 Some(Err(error)) => {
                     tracing::warn!(%error, "watching the cluster's Services");
                     continue;
@@ -86,28 +98,42 @@ pub async fn run(
             },
             _ = shutdown.wait() => break,
         }
-        let mut now: BTreeMap<ServiceName, Vec<IpAddr>> = BTreeMap::new();
-        for service in store.state() {
-            let addresses = external_addresses(&service);
-            let (Some(namespace), Some(name)) = (
-                service.metadata.namespace.clone(),
-                service.metadata.name.clone(),
-            ) else {
-                continue;
-            };
-            if !addresses.is_empty() {
-                now.insert(ServiceName { namespace, name }, addresses);
-            }
-        }
-        let mut table = local.write().expect("local services lock");
-        if *table != now {
-            tracing::info!(services = now.len(), "the cluster's Services changed");
-            *table = now;
-            drop(table);
-            let _ = changed_tx.send(());
+        if listed {
+            update(&local, &store, &changed_tx, false);
         }
     }
+    drop(changed_tx);
     let _ = reporter.await;
+}
+
+/// Recomputes the site's table from the reflector's store; tells the reporter when it
+/// changed (or always, with `force`).
+fn update(
+    local: &LocalServices,
+    store: &reflector::Store<Service>,
+    changed: &watch::Sender<()>,
+    force: bool,
+) {
+    let mut now: BTreeMap<ServiceName, Vec<IpAddr>> = BTreeMap::new();
+    for service in store.state() {
+        let addresses = external_addresses(&service);
+        let (Some(namespace), Some(name)) = (
+            service.metadata.namespace.clone(),
+            service.metadata.name.clone(),
+        ) else {
+            continue;
+        };
+        if !addresses.is_empty() {
+            now.insert(ServiceName { namespace, name }, addresses);
+        }
+    }
+    let mut table = local.write().expect("local services lock");
+    if *table != now || force {
+        tracing::info!(services = now.len(), "the cluster's Services changed");
+        *table = now;
+        drop(table);
+        let _ = changed.send(());
+    }
 }
 
 /// Puts the site's Services into its entry at the hub after every change, again every
@@ -119,21 +145,11 @@ async fn report(
     mut changed: watch::Receiver<()>,
     shutdown: Shutdown,
 ) {
-    let mut reported = false;
+    // Nothing to report before the first full list (see `run`).
+    if changed.changed().await.is_err() {
+        return;
+    }
     loop {
-        let wait = if reported { REPORT_AGAIN } else { RETRY };
-        tokio::select! {
-            result = changed.changed() => {
-                if result.is_err() {
-                    return;
-                }
-                // A burst of changes (a chart installing ten Services) is one report.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                changed.borrow_and_update();
-            }
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.wait() => return,
-        }
         let entry = SiteServices {
             api_version: ApiVersion,
             cluster: cluster.clone(),
@@ -149,19 +165,31 @@ async fn report(
                 .collect(),
             at: Timestamp::now(),
         };
-        reported = match put(&nats, &cluster, &entry).await {
+        let wait = match put(&nats, &cluster, &entry).await {
             Ok(()) => {
                 tracing::info!(
                     services = entry.services.len(),
                     "reported the site's Services to the hub"
                 );
-                true
+                REPORT_AGAIN
             }
             Err(error) => {
                 tracing::warn!(%error, "the site's Services are not reported yet");
-                false
+                RETRY
             }
         };
+        tokio::select! {
+            result = changed.changed() => {
+                if result.is_err() {
+                    return;
+                }
+                // A burst of changes (a chart installing ten Services) is one report.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                changed.borrow_and_update();
+            }
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait() => return,
+        }
     }
 }
 
