@@ -138,6 +138,7 @@ impl Hub {
             rollback_to: None,
             atomic: false,
             requested_at: Timestamp::now(),
+            request_sequence: None,
         };
         self.desired
             .put(

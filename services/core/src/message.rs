@@ -277,6 +277,11 @@ pub struct DesiredRelease {
     #[serde(default, skip_serializing_if = "is_false")]
     pub atomic: bool,
     pub requested_at: Timestamp,
+    /// The request's sequence in `RELEASE_REQUESTS`. The router never lets a request
+    /// replace desired state that a later request (a higher sequence) already set, however
+    /// the two were delivered; absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_sequence: Option<u64>,
 }
 
 /// Where a release stands on one cluster.

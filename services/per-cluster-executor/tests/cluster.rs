@@ -156,6 +156,7 @@ fn desired(
         rollback_to: None,
         atomic: false,
         requested_at: Timestamp::now(),
+        request_sequence: None,
     }
 }
 

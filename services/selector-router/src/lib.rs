@@ -61,13 +61,33 @@ impl Hub {
     }
 }
 
+/// How the router works through requests.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterConfig {
+    /// Requests in hand at once, each for a different release (see [`consume_in_lanes`]).
+    pub request_lanes: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig { request_lanes: 32 }
+    }
+}
+
 /// Runs the request, fold and registry parts, and the heartbeats-bucket check, until shutdown.
-pub async fn run(client: async_nats::Client, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(
+    client: async_nats::Client,
+    config: RouterConfig,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let js = optikon_runtime::jetstream(client.clone());
     let hub = Hub::open(js).await?;
-    tracing::info!("selector-router ready");
+    tracing::info!(
+        request_lanes = config.request_lanes,
+        "selector-router ready"
+    );
     tokio::try_join!(
-        request::run(hub.clone(), shutdown.clone()),
+        request::run(hub.clone(), config.request_lanes, shutdown.clone()),
         fold::run(hub.clone(), shutdown.clone()),
         registry::run(client, hub.clone(), shutdown.clone()),
         keep_heartbeats_bucket(hub.js, shutdown),
@@ -103,53 +123,140 @@ async fn keep_heartbeats_bucket(js: jetstream::Context, shutdown: Shutdown) -> a
     }
 }
 
-/// Works through a durable pull consumer (shared by all replicas) until shutdown: a message
-/// is acked when `handle` succeeds, and redelivered after `retry` when it fails — which it
-/// does only for infrastructure errors; bad input is answered and acked by the handler.
-/// One message is in hand at a time, so a retried message is never overtaken by a later one.
-pub(crate) async fn consume<F, Fut>(
+/// Works through a durable pull consumer with up to `lanes` messages in hand at once, but
+/// never two of the same lane (`lane_of`, e.g. the release a request is for): within a lane,
+/// messages are handled one after the other in stream order, and the next starts only once
+/// the server has confirmed the ack of the one before. A failed message is retried in place
+/// after `retry`, holding its lane, so a later message of its lane never overtakes it.
+/// With `lanes` 1, one message is in hand at a time.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn consume_in_lanes<L, F, Fut>(
+    hub: &Hub,
+    stream: &str,
+    durable: &str,
+    lanes: usize,
+    ack_wait: Duration,
+    retry: Duration,
+    shutdown: Shutdown,
+    lane_of: L,
+    handle: F,
+) -> anyhow::Result<()>
+where
+    L: Fn(&jetstream::Message) -> String,
+    F: Fn(jetstream::Message) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ApiError>>,
+{
+    use std::collections::{HashMap, VecDeque};
+    let lanes = lanes.max(1);
+    let consumer = lanes_consumer(hub, stream, durable, ack_wait, lanes as i64).await?;
+    let mut messages = consumer.messages().await?;
+    // A lane is here while one of its messages is in hand; the queue holds the ones behind it.
+    let mut waiting: HashMap<String, VecDeque<jetstream::Message>> = HashMap::new();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let work = |lane: String, message: jetstream::Message| {
+        let attempt = &handle;
+        async move {
+            loop {
+                let outcome = in_progress(
+                    std::slice::from_ref(&message),
+                    ack_wait,
+                    attempt(message.clone()),
+                )
+                .await;
+                match outcome {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(stream, %error, subject = %message.subject, "will be retried");
+                        in_progress(
+                            std::slice::from_ref(&message),
+                            ack_wait,
+                            tokio::time::sleep(retry),
+                        )
+                        .await;
+                    }
+                }
+            }
+            confirm_ack(stream, &message).await;
+            lane
+        }
+    };
+    loop {
+        tokio::select! {
+            m = messages.next() => match m {
+                Some(Ok(message)) => {
+                    let lane = lane_of(&message);
+                    match waiting.get_mut(&lane) {
+                        Some(queue) => queue.push_back(message),
+                        None => {
+                            waiting.insert(lane.clone(), VecDeque::new());
+                            running.push(work(lane, message));
+                        }
+                    }
+                }
+                Some(Err(error)) => tracing::warn!(stream, %error, "consumer interrupted"),
+                None => return Ok(()),
+            },
+            Some(lane) = running.next() => {
+                let next = waiting.get_mut(&lane).and_then(VecDeque::pop_front);
+                match next {
+                    Some(message) => running.push(work(lane, message)),
+                    None => {
+                        waiting.remove(&lane);
+                    }
+                }
+            }
+            _ = shutdown.wait() => {
+                // What is in hand finishes; what waits behind it is handed out again.
+                for message in waiting.values().flatten() {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+                while running.next().await.is_some() {}
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Acks `message` and waits for the server to confirm, trying a few times: the next message
+/// of its lane must not start while this one could still be handed out again.
+async fn confirm_ack(stream: &str, message: &jetstream::Message) {
+    for attempt in 1..=5 {
+        match message.double_ack().await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(stream, %error, attempt, subject = %message.subject, "ack not confirmed");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+        }
+    }
+}
+
+/// The lanes' durable consumer: as [`durable_consumer`], but its `max_ack_pending` follows
+/// the configured lanes also when the consumer exists already (an update, which nats-server
+/// allows for that field).
+async fn lanes_consumer(
     hub: &Hub,
     stream: &str,
     durable: &str,
     ack_wait: Duration,
-    retry: Duration,
-    shutdown: Shutdown,
-    mut handle: F,
-) -> anyhow::Result<()>
-where
-    F: FnMut(jetstream::Message) -> Fut,
-    Fut: std::future::Future<Output = Result<(), ApiError>>,
-{
-    let mut messages = durable_consumer(hub, stream, durable, ack_wait, 1)
-        .await?
-        .messages()
-        .await?;
-    loop {
-        let message = tokio::select! {
-            m = messages.next() => match m {
-                Some(Ok(m)) => m,
-                Some(Err(error)) => {
-                    tracing::warn!(stream, %error, "consumer interrupted");
-                    continue;
-                }
-                None => return Ok(()),
-            },
-            _ = shutdown.wait() => return Ok(()),
-        };
-        let outcome = in_progress(
-            std::slice::from_ref(&message),
-            ack_wait,
-            handle(message.clone()),
-        )
-        .await;
-        match outcome {
-            Ok(()) => {
-                let _ = message.ack().await;
-            }
-            Err(error) => {
-                tracing::warn!(stream, %error, subject = %message.subject, "will be retried");
-                let _ = message.ack_with(AckKind::Nak(Some(retry))).await;
-            }
+    max_ack_pending: i64,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let config = consumer::pull::Config {
+        durable_name: Some(durable.into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_ack_pending,
+        ..Default::default()
+    };
+    let stream = hub.js.get_stream(stream).await?;
+    match stream.create_consumer(config).await {
+        Ok(consumer) => Ok(consumer),
+        Err(error) => {
+            tracing::warn!(%error, durable, "cannot update the consumer; using it as it is");
+            stream
+                .get_consumer(durable)
+                .await
+                .map_err(|e| anyhow::anyhow!("consumer {durable}: {e}"))
         }
     }
 }

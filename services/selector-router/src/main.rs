@@ -10,6 +10,10 @@ struct Args {
     nats: NatsArgs,
     #[command(flatten)]
     telemetry: TelemetryArgs,
+    /// Requests handled at once, each for a different release; requests for one release
+    /// are always handled one after the other, in the order they were published.
+    #[arg(long, env = "OPTIKON_ROUTER_REQUEST_LANES", default_value_t = selector_router::RouterConfig::default().request_lanes)]
+    request_lanes: usize,
 }
 
 #[tokio::main]
@@ -17,7 +21,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (client, shutdown) =
         optikon_runtime::start_service(&args.nats, &args.telemetry, "selector-router").await?;
-    selector_router::run(client.clone(), shutdown).await?;
+    let config = selector_router::RouterConfig {
+        request_lanes: args.request_lanes.max(1),
+    };
+    selector_router::run(client.clone(), config, shutdown).await?;
     client.drain().await?;
     Ok(())
 }

@@ -20,23 +20,27 @@ use optikon_runtime::shutdown::Shutdown;
 use optikon_runtime::trace;
 use tracing::Instrument;
 
-use crate::{Hub, consume, internal, read, write_if};
+use crate::{Hub, consume_in_lanes, internal, read, write_if};
 
 const CONSUMER: &str = "selector-router";
 
-pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(hub: Hub, lanes: usize, shutdown: Shutdown) -> anyhow::Result<()> {
     let ack_wait = Duration::from_secs(60);
     let retry = Duration::from_secs(2);
     let stream = subject::RELEASE_REQUESTS_STREAM;
-    // In order, one request at a time: an uninstall must never overtake the upgrade
-    // requested before it.
-    consume(
+    // Requests for different releases at once; for one release in order, one at a time: an
+    // uninstall must never overtake the upgrade requested before it. Should two requests
+    // for one release still meet out of order (another replica, a lost ack), the later one
+    // wins: see `set_desired`.
+    consume_in_lanes(
         &hub,
         stream,
         CONSUMER,
+        lanes,
         ack_wait,
         retry,
         shutdown,
+        lane_of,
         |message| {
             let hub = hub.clone();
             async move {
@@ -49,9 +53,22 @@ pub async fn run(hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
     .await
 }
 
+/// A request's lane: the release it is for. An unreadable body has no release, and all such
+/// share one lane (they are only recorded as refused).
+fn lane_of(message: &jetstream::Message) -> String {
+    #[derive(serde::Deserialize)]
+    struct Release {
+        namespace: String,
+        release: String,
+    }
+    serde_json::from_slice::<Release>(&message.payload)
+        .map(|r| format!("{}/{}", r.namespace, r.release))
+        .unwrap_or_default()
+}
+
 /// Handles one request message. `Err` only for problems worth a retry; a bad request is
 /// answered (its status records the error) and `Ok`.
-async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiError> {
+pub async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiError> {
     // What to file a refusal under when the body's own id is unusable: the message id if it
     // is a usable id, else the stream sequence.
     let sequence_id = message
@@ -108,22 +125,100 @@ async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiError>
         targets: plan.clusters.len(),
         ..RequestProgress::default()
     });
+    let sequence = message.info().ok().map(|i| i.stream_sequence);
     let per_cluster = futures::stream::iter(plan.clusters.iter().map(|cluster| {
         let chart = plan.chart.clone();
         let request = &request;
         async move {
-            let desired = set_desired(hub, request, cluster, chart).await?;
-            create_cluster_entry(hub, &request.id, &desired).await?;
-            Ok::<_, ApiError>(desired)
+            let outcome = set_desired(hub, request, cluster, chart, sequence).await?;
+            match &outcome {
+                Desired::Set(desired) => create_cluster_entry(hub, &request.id, desired).await?,
+                Desired::Superseded(newer) => record_superseded(hub, &request.id, newer).await?,
+            }
+            Ok::<_, ApiError>(outcome)
         }
     }))
     .buffered(CONCURRENCY)
-    .try_collect::<Vec<DesiredRelease>>();
-    let (desired, status) = futures::try_join!(per_cluster, merge_status(hub, status))?;
+    .try_collect::<Vec<Desired>>();
+    let (outcomes, mut status) = futures::try_join!(per_cluster, merge_status(hub, status))?;
+    let (desired, superseded): (Vec<_>, Vec<_>) = outcomes
+        .into_iter()
+        .partition(|o| matches!(o, Desired::Set(_)));
+    if !superseded.is_empty() {
+        status = count_superseded(hub, status, superseded.len()).await?;
+    }
+    let desired: Vec<DesiredRelease> = desired
+        .into_iter()
+        .filter_map(|o| match o {
+            Desired::Set(d) => Some(d),
+            Desired::Superseded(_) => None,
+        })
+        .collect();
     publish_commands(hub, &request.id, &desired).await?;
-    tracing::info!(id = %request.id, targets = desired.len(), "commands sent");
+    tracing::info!(id = %request.id, targets = desired.len(), superseded = superseded.len(), "commands sent");
     // The summary only: every cluster is pending, which the count says.
     publish_event(hub, &status).await
+}
+
+/// What a request does to one cluster's desired state.
+enum Desired {
+    /// Set (or already set by an earlier attempt at this request): send it.
+    Set(DesiredRelease),
+    /// A request published later already set it; this one changes nothing there.
+    Superseded(DesiredRelease),
+}
+
+/// The cluster's entry of the request, final at once: a later request already decided.
+async fn record_superseded(
+    hub: &Hub,
+    request_id: &str,
+    newer: &DesiredRelease,
+) -> Result<(), ApiError> {
+    let progress = ClusterProgress {
+        generation: newer.generation,
+        state: ReleaseState::Superseded,
+        revision: None,
+        reason: Some(format!(
+            "request {} for this release was published later and already set it",
+            newer.request_id
+        )),
+    };
+    let key = subject::request_cluster_key(request_id, &newer.cluster);
+    // An earlier attempt may have written it already: the same outcome.
+    write_if(&hub.request_clusters, &key, &progress, None).await?;
+    Ok(())
+}
+
+/// Counts superseded clusters as done in the request's summary (no status will come for them).
+async fn count_superseded(
+    hub: &Hub,
+    mut status: RequestStatus,
+    superseded: usize,
+) -> Result<RequestStatus, ApiError> {
+    let key = subject::token(&status.id);
+    for _ in 0..20 {
+        let Some((mut current, revision)) = read::<RequestStatus>(&hub.requests, &key).await?
+        else {
+            break;
+        };
+        let progress = current
+            .progress
+            .get_or_insert_with(RequestProgress::default);
+        // A repeat of this request after a crash finds them counted already: they are
+        // counted before any command is sent, so until then `done` holds nothing else.
+        let counted_before = status.progress.is_some_and(|p| p.done >= superseded);
+        if !counted_before {
+            progress.done = (progress.done + superseded).min(progress.targets);
+        }
+        if write_if(&hub.requests, &key, &current, Some(revision)).await? {
+            status.progress = current.progress;
+            return Ok(status);
+        }
+    }
+    Err(internal(
+        "count superseded clusters",
+        format!("request {} kept changing", status.id),
+    ))
 }
 
 /// The cluster's entry of the request, `pending` at the desired generation, unless an
@@ -267,7 +362,8 @@ async fn set_desired(
     request: &ReleaseRequest,
     cluster: &ClusterRecord,
     chart: Option<ChartPin>,
-) -> Result<DesiredRelease, ApiError> {
+    sequence: Option<u64>,
+) -> Result<Desired, ApiError> {
     let key = subject::release_key(&cluster.name, &request.namespace, &request.release);
     for attempt in 0..20 {
         // First try against the router's live copy; after a conflict, or to confirm a
@@ -283,10 +379,19 @@ async fn set_desired(
             }
             _ => read::<DesiredRelease>(&hub.desired, &key).await?,
         };
-        if let Some((existing, _)) = &current
-            && existing.request_id == request.id
-        {
-            return Ok(existing.clone());
+        if let Some((existing, _)) = &current {
+            if existing.request_id == request.id {
+                return Ok(Desired::Set(existing.clone()));
+            }
+            if let (Some(theirs), Some(mine)) = (existing.request_sequence, sequence)
+                && theirs > mine
+            {
+                // Read from the hub, not the copy, before giving up on the cluster.
+                if attempt == 0 {
+                    continue;
+                }
+                return Ok(Desired::Superseded(existing.clone()));
+            }
         }
         let desired = DesiredRelease {
             api_version: ApiVersion,
@@ -305,9 +410,10 @@ async fn set_desired(
             rollback_to: request.revision,
             atomic: request.atomic,
             requested_at: Timestamp::now(),
+            request_sequence: sequence,
         };
         if write_if(&hub.desired, &key, &desired, current.map(|(_, r)| r)).await? {
-            return Ok(desired);
+            return Ok(Desired::Set(desired));
         }
     }
     Err(internal(

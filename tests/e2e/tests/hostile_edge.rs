@@ -102,6 +102,7 @@ impl Hub {
             rollback_to: None,
             atomic: false,
             requested_at: Timestamp::now(),
+            request_sequence: None,
         };
         let body = serde_json::to_vec(&desired)?;
         self.js

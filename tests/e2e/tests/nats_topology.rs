@@ -88,6 +88,7 @@ fn command(cluster: &str, release: &str, tag: &str) -> Bytes {
         rollback_to: None,
         atomic: false,
         requested_at: Timestamp::now(),
+        request_sequence: None,
     };
     serde_json::to_vec(&desired).unwrap().into()
 }
