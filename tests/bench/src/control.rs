@@ -55,8 +55,11 @@ pub struct ScaleResult {
     pub per_cluster: Vec<f64>,
     /// Median CPU seconds per fan-out, per process group.
     pub fanout_cpu: Vec<(String, f64)>,
-    /// Single-cluster requests sent at once, and the seconds until all were acknowledged.
+    /// Single-cluster requests sent at once, and the seconds until all were acknowledged,
+    /// with the router's default lanes.
     pub single: (usize, f64),
+    /// The same with one lane (`--request-lanes 1`, one request at a time).
+    pub single_one_lane: Option<f64>,
     /// Resident memory of the hub nats-server with the hub's streams set up and no cluster
     /// registered, and after the clusters registered and heartbeated for a while (MiB).
     pub hub_rss_base_mib: f64,
@@ -83,8 +86,8 @@ pub fn run(
             "== part 4: {clusters} simulated clusters on {} leaf nodes",
             plan.leaves
         );
-        let testbed = start_bed(plan.leaves)?;
-        let result = runtime.block_on(measure(&testbed, &agents, clusters, plan));
+        let mut testbed = start_bed(plan.leaves)?;
+        let result = runtime.block_on(measure(&mut testbed, &agents, clusters, plan));
         drop(testbed);
         let result = result.with_context(|| format!("control plane at {clusters} clusters"))?;
         eprintln!(
@@ -175,7 +178,7 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 async fn measure(
-    testbed: &Testbed,
+    testbed: &mut Testbed,
     agents_binary: &PathBuf,
     clusters: usize,
     plan: &ControlPlan,
@@ -323,14 +326,49 @@ async fn measure(
         })
         .collect();
 
-    // Router throughput: many small requests at once, each for one cluster.
+    // Router throughput: many small requests at once, each for one cluster; first with
+    // one lane (one request at a time), then with the router's default lanes.
     let n = plan.single_requests;
+    restart_router(testbed, Some(1)).await?;
+    result.single_one_lane = Some(single_requests(&client, clusters, n, "one").await?);
+    restart_router(testbed, None).await?;
+    result.single = (n, single_requests(&client, clusters, n, "lanes").await?);
+
+    for (_, child, _) in &mut agents {
+        let _ = child.kill().await;
+    }
+    Ok(result)
+}
+
+/// Restarts the router with `lanes` request lanes (`None`: its default), and waits until its
+/// views have caught up with the hub (a restarted router reads the registry first).
+async fn restart_router(testbed: &mut Testbed, lanes: Option<usize>) -> anyhow::Result<()> {
+    const LANES: &str = "OPTIKON_ROUTER_REQUEST_LANES";
+    let router = testbed
+        .service_mut("selector-router")
+        .context("no selector-router in the test bed")?;
+    router.spec.env.retain(|(k, _)| k != LANES);
+    if let Some(lanes) = lanes {
+        router.set_env(LANES, &lanes.to_string());
+    }
+    tokio::task::block_in_place(|| router.restart())?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// `n` install requests at once, each matching one cluster; seconds until all deployed.
+async fn single_requests(
+    client: &Client,
+    clusters: usize,
+    n: usize,
+    tag: &str,
+) -> anyhow::Result<f64> {
     let requests: Vec<ReleaseRequest> = (0..n)
         .map(|i| {
             let target = cluster_name(i * clusters / n);
             chart_request(
                 Action::Install,
-                &format!("single-{i}"),
+                &format!("single-{tag}-{i}"),
                 &format!("cluster={target}"),
                 0,
             )
@@ -355,12 +393,7 @@ async fn measure(
         Ok(())
     });
     futures::future::try_join_all(runs).await?;
-    result.single = (n, started.elapsed().as_secs_f64());
-
-    for (_, child, _) in &mut agents {
-        let _ = child.kill().await;
-    }
-    Ok(result)
+    Ok(started.elapsed().as_secs_f64())
 }
 
 fn chart_request(action: Action, release: &str, selector: &str, rep: usize) -> ReleaseRequest {

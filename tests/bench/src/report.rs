@@ -372,19 +372,41 @@ fn control_section(out: &mut String, r: &Results) {
         out,
         "**Router throughput.** {} install requests sent at once, each matching one \
          cluster (`cluster=<name>`), timed until all were acknowledged. The router takes \
-         requests strictly in order, one at a time (an uninstall must never overtake the \
-         upgrade before it), so this is its serial rate:\n",
-        plan.single_requests
+         requests for one release strictly in order (an uninstall must never overtake the \
+         upgrade before it) and requests for different releases at once, in lanes; the \
+         same {} requests are sent with one lane (`--request-lanes 1`: one request at a \
+         time, as the router worked before) and with the default:\n",
+        plan.single_requests, plan.single_requests
     );
-    let mut single =
-        Table::new(&["clusters", "requests", "time", "requests/s"]).right_aligned(&[0, 1, 2, 3]);
+    let mut single = Table::new(&[
+        "clusters",
+        "requests",
+        "one lane: time",
+        "one lane: requests/s",
+        "lanes: time",
+        "lanes: requests/s",
+        "lanes / one lane",
+    ])
+    .right_aligned(&[0, 1, 2, 3, 4, 5, 6]);
     for c in &r.control {
         let (n, seconds) = c.single;
+        let rate = |s: f64| n as f64 / s;
+        let (one_time, one_rate, ratio) = match c.single_one_lane {
+            Some(one) => (
+                format!("{one:.1} s"),
+                format!("{:.1}", rate(one)),
+                format!("{:.1}×", one / seconds),
+            ),
+            None => ("n/a".into(), "n/a".into(), "n/a".into()),
+        };
         single.push(vec![
             thousands(c.clusters),
             n.to_string(),
+            one_time,
+            one_rate,
             format!("{seconds:.1} s"),
-            format!("{:.1}", n as f64 / seconds),
+            format!("{:.1}", rate(seconds)),
+            ratio,
         ]);
     }
     let _ = writeln!(out, "{}", single.render());
