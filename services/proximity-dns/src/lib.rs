@@ -20,9 +20,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use hickory_server::Server;
 use hickory_server::proto::rr::Name;
-use optikon_core::message::{
-    ApiError, DnsAnswer, DnsResolveRequest, ErrorCode, Reply, Timestamp, decode,
-};
+use optikon_core::message::{ApiError, DnsAnswer, DnsResolveRequest, ErrorCode, Reply, decode};
 use optikon_core::names;
 use optikon_core::proximity::Location;
 use optikon_core::subject;
@@ -178,11 +176,7 @@ fn resolve_for(fleet: &SharedFleet, asker: &str, payload: &[u8]) -> Reply<DnsAns
         namespace: request.namespace,
         name: request.service,
     };
-    let sites = fleet.resolve(
-        fleet.location_of(&subject::token(asker)),
-        Some(&subject::token(asker)),
-        &service,
-        Timestamp::now(),
-    );
+    let asker = subject::token(asker);
+    let sites = fleet.answer(fleet.location_of(&asker), Some(&asker), &service);
     Reply::Ok(DnsAnswer { sites })
 }

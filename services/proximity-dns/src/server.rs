@@ -16,7 +16,7 @@ use hickory_server::proto::rr::rdata::{A, AAAA, SOA};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{Catalog, MessageResponseBuilder};
-use optikon_core::message::{ApiVersion, DnsAnswer, DnsResolveRequest, Reply, Timestamp, decode};
+use optikon_core::message::{ApiVersion, DnsAnswer, DnsResolveRequest, Reply, decode};
 use optikon_core::proximity::Location;
 use optikon_core::subject;
 
@@ -119,12 +119,10 @@ impl ProximityDns {
     async fn lookup(&self, service: &ServiceName) -> Lookup {
         match &self.source {
             Source::Hub { fleet, location } => {
-                let sites = fleet.read().expect("fleet lock").resolve(
-                    *location,
-                    None,
-                    service,
-                    Timestamp::now(),
-                );
+                let sites = fleet
+                    .read()
+                    .expect("fleet lock")
+                    .answer(*location, None, service);
                 found(sites.into_iter().flat_map(|s| s.addresses).collect())
             }
             Source::Site {

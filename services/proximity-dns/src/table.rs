@@ -5,7 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use optikon_core::message::{
@@ -35,10 +36,28 @@ pub struct Fleet {
     sites: HashMap<String, Site>,
     /// Which clusters run each Service: a lookup looks at those, not at the whole fleet.
     runs: HashMap<ServiceName, BTreeSet<String>>,
+    /// Grows by one whenever something an answer depends on changed: a position, a site's
+    /// Services, or a site's health as its newest heartbeat says.
+    epoch: u64,
+    /// Answers already chosen, by Service and asker, with the epoch and time they were
+    /// chosen at; only for Services some site runs, so unknown names cannot grow it.
+    answers: Mutex<HashMap<(ServiceName, Option<String>), Cached>>,
 }
+
+#[derive(Debug)]
+struct Cached {
+    epoch: u64,
+    at: Instant,
+    sites: Vec<DnsSite>,
+}
+
+/// How long a chosen answer is reused while nothing it depends on changed: a site whose
+/// heartbeats stop goes stale by the clock alone, so this bounds how late that shows.
+pub const REUSE_ANSWERS_FOR: Duration = Duration::from_secs(1);
 
 impl Fleet {
     pub fn set_record(&mut self, key: &str, record: Option<&ClusterRecord>) {
+        self.epoch += 1;
         let site = self.sites.entry(key.to_owned()).or_default();
         site.registered = record.is_some();
         site.location = record.and_then(|r| match Location::from_labels(&r.labels) {
@@ -51,10 +70,18 @@ impl Fleet {
     }
 
     pub fn set_heartbeat(&mut self, key: &str, heartbeat: Option<Heartbeat>) {
-        self.sites.entry(key.to_owned()).or_default().heartbeat = heartbeat;
+        let now = Timestamp::now();
+        let health = |hb: &Option<Heartbeat>| hb.as_ref().map(|hb| hb.health(now));
+        let site = self.sites.entry(key.to_owned()).or_default();
+        // Most heartbeats say what the one before said: they change no answer.
+        if health(&site.heartbeat) != health(&heartbeat) {
+            self.epoch += 1;
+        }
+        site.heartbeat = heartbeat;
     }
 
     pub fn set_services(&mut self, key: &str, services: Option<SiteServices>) {
+        self.epoch += 1;
         let site = self.sites.entry(key.to_owned()).or_default();
         for name in std::mem::take(&mut site.services).into_keys() {
             if let Some(clusters) = self.runs.get_mut(&name) {
@@ -86,6 +113,37 @@ impl Fleet {
     /// The position of a registered site, from its labels.
     pub fn location_of(&self, key: &str) -> Option<Location> {
         self.sites.get(key).and_then(|s| s.location)
+    }
+
+    /// [`Fleet::resolve`] at the time now, reusing an answer chosen less than
+    /// [`REUSE_ANSWERS_FOR`] ago if nothing it depends on changed since.
+    pub fn answer(
+        &self,
+        origin: Option<Location>,
+        asker: Option<&str>,
+        service: &ServiceName,
+    ) -> Vec<DnsSite> {
+        if !self.runs.contains_key(service) {
+            return Vec::new();
+        }
+        let key = (service.clone(), asker.map(str::to_owned));
+        let mut answers = self.answers.lock().expect("answers lock");
+        if let Some(cached) = answers.get(&key)
+            && cached.epoch == self.epoch
+            && cached.at.elapsed() < REUSE_ANSWERS_FOR
+        {
+            return cached.sites.clone();
+        }
+        let sites = self.resolve(origin, asker, service, Timestamp::now());
+        answers.insert(
+            key,
+            Cached {
+                epoch: self.epoch,
+                at: Instant::now(),
+                sites: sites.clone(),
+            },
+        );
+        sites
     }
 
     /// The sites that answer `service` asked from `origin`, leaving out `asker` itself and
@@ -261,6 +319,58 @@ mod tests {
 
     fn clusters(sites: &[DnsSite]) -> Vec<&str> {
         sites.iter().map(|s| s.cluster.as_str()).collect()
+    }
+
+    #[test]
+    fn reused_answers_follow_every_change_that_matters() {
+        let now = Timestamp::now();
+        let copenhagen = Some(Location {
+            lat: 55.68,
+            long: 12.57,
+        });
+        let mut fleet = Fleet::default();
+        for (name, lat, long, ip) in [
+            ("berlin", "52.52", "13.40", "192.0.2.1"),
+            ("lisbon", "38.72", "9.14W", "192.0.2.2"),
+        ] {
+            fleet.set_record(name, Some(&record(name, lat, long)));
+            fleet.set_heartbeat(name, Some(heartbeat(name, now)));
+            fleet.set_services(name, Some(runs(name, ip)));
+        }
+        assert_eq!(
+            clusters(&fleet.answer(copenhagen, None, &web())),
+            ["berlin"]
+        );
+        // A heartbeat that says the same changes nothing, and the answer is reused.
+        let epoch = fleet.epoch;
+        fleet.set_heartbeat("berlin", Some(heartbeat("berlin", Timestamp::now())));
+        assert_eq!(fleet.epoch, epoch);
+        // One that says the API server is down changes the answer at once.
+        let mut down = heartbeat("berlin", Timestamp::now());
+        down.api_ready = false;
+        fleet.set_heartbeat("berlin", Some(down));
+        assert_eq!(
+            clusters(&fleet.answer(copenhagen, None, &web())),
+            ["lisbon"]
+        );
+        // So does a site that stops running it, or a move.
+        fleet.set_heartbeat("berlin", Some(heartbeat("berlin", Timestamp::now())));
+        assert_eq!(
+            clusters(&fleet.answer(copenhagen, None, &web())),
+            ["berlin"]
+        );
+        fleet.set_record("berlin", Some(&record("berlin", "35.68", "139.69")));
+        assert_eq!(
+            clusters(&fleet.answer(copenhagen, None, &web())),
+            ["lisbon"]
+        );
+        // Unknown names are not remembered.
+        let unknown = ServiceName {
+            namespace: "x".into(),
+            name: "y".into(),
+        };
+        assert!(fleet.answer(copenhagen, None, &unknown).is_empty());
+        assert_eq!(fleet.answers.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -113,11 +113,23 @@ pub fn run(
         &queries,
         names.iter().map(|n| format!("{n} A\n")).collect::<String>(),
     )?;
+    // NSD forks its server and transfer processes from the one started: count them all.
+    let conf = nsd_dir.join("nsd.conf").display().to_string();
+    let nsd_pids: Vec<u32> = cpu::processes()
+        .into_iter()
+        .filter(|(_, args)| args.iter().any(|a| *a == conf))
+        .map(|(pid, _)| pid)
+        .collect();
     let mut runs = vec![
-        ("proximity-dns".to_owned(), dns.pid(), address, Vec::new()),
+        (
+            "proximity-dns".to_owned(),
+            vec![dns.pid()],
+            address,
+            Vec::new(),
+        ),
         (
             "NSD (zone file)".to_owned(),
-            nsd.child.id(),
+            nsd_pids,
             nsd.address,
             Vec::new(),
         ),
@@ -129,8 +141,8 @@ pub fn run(
             vec![1, 0]
         };
         for i in order {
-            let (name, pid, address, windows) = &mut runs[i];
-            let window = measure(*address, *pid, &queries)?;
+            let (name, pids, address, windows) = &mut runs[i];
+            let window = measure(*address, pids, &queries)?;
             eprintln!(
                 "  dns round {}/{rounds}: {name}: {:.0} queries/s, {:.2} ms, {} lost",
                 round + 1,
@@ -251,8 +263,14 @@ fn wait_for_answers(
 }
 
 /// One dnsperf window against `server`, and the server's CPU over it.
-fn measure(server: SocketAddr, pid: u32, queries: &Path) -> anyhow::Result<Window> {
-    let before = cpu::process_times(pid).context("server CPU")?;
+fn measure(server: SocketAddr, pids: &[u32], queries: &Path) -> anyhow::Result<Window> {
+    let cpu_of = |pids: &[u32]| -> f64 {
+        pids.iter()
+            .filter_map(|&p| cpu::process_times(p))
+            .map(|t| t.own)
+            .sum()
+    };
+    let before = cpu_of(pids);
     let out = Command::new("dnsperf")
         .args([
             "-s",
@@ -272,7 +290,7 @@ fn measure(server: SocketAddr, pid: u32, queries: &Path) -> anyhow::Result<Windo
         ])
         .output()
         .context("run dnsperf")?;
-    let after = cpu::process_times(pid).context("server CPU")?;
+    let after = cpu_of(pids);
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |label: &str| -> anyhow::Result<f64> {
         let line = text
@@ -293,7 +311,7 @@ fn measure(server: SocketAddr, pid: u32, queries: &Path) -> anyhow::Result<Windo
         qps,
         latency_ms: field("Average Latency (s)")? * 1000.0,
         lost,
-        cpu_ms_per_1000: 1e6 * (after.own - before.own) / completed.max(1.0),
+        cpu_ms_per_1000: 1e6 * (after - before) / completed.max(1.0),
     })
 }
 
@@ -318,14 +336,17 @@ impl Nsd {
         std::fs::write(dir.join("bench.zone"), zone)?;
         let port = optikon_testbed::free_udp_and_tcp_port()?;
         let d = dir.display();
-        // One server process, as proximity-dns is one process.
+        // One server process, as proximity-dns is one process; no response rate limiting
+        // (Debian's NSD limits each client to 200 answers a second by default, and one
+        // benchmark client is all it sees).
         std::fs::write(
             dir.join("nsd.conf"),
             format!(
                 "server:\n  ip-address: 127.0.0.1\n  port: {port}\n  zonesdir: \"{d}\"\n  \
                  pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  username: \"\"\n  chroot: \"\"\n  \
                  xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  \
-                 logfile: \"{d}/nsd.log\"\n  server-count: 1\n\
+                 logfile: \"{d}/nsd.log\"\n  server-count: 1\n  \
+                 rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\n\
                  remote-control:\n  control-enable: no\n\
                  zone:\n  name: {DOMAIN}\n  zonefile: \"bench.zone\"\n"
             ),
