@@ -71,10 +71,7 @@ pub async fn run(
     let source = match config.placement {
         Placement::Hub { location } => {
             let fleet = SharedFleet::default();
-            tasks.push(tokio::spawn(table::follow(
-                optikon_runtime::jetstream(nats.clone()),
-                fleet.clone(),
-            )));
+            tasks.push(tokio::spawn(table::follow(nats.clone(), fleet.clone())));
             let questions = nats
                 .queue_subscribe(
                     format!("{}.*", subject::DNS_RESOLVE_PREFIX),

@@ -189,9 +189,9 @@ impl Fleet {
 pub type SharedFleet = Arc<RwLock<Fleet>>;
 
 /// Follows the three buckets into `fleet` until the process ends.
-pub async fn follow(js: async_nats::jetstream::Context, fleet: SharedFleet) {
+pub async fn follow(nats: async_nats::Client, fleet: SharedFleet) {
+    let js = optikon_runtime::jetstream(nats.clone());
     let clusters = bucket(&js, subject::CLUSTERS_BUCKET).await;
-    let heartbeats = bucket(&js, subject::HEARTBEATS_BUCKET).await;
     let services = bucket(&js, subject::SERVICES_BUCKET).await;
     let records = {
         let fleet = fleet.clone();
@@ -203,16 +203,7 @@ pub async fn follow(js: async_nats::jetstream::Context, fleet: SharedFleet) {
                 .set_record(&entry.key, record.as_ref());
         })
     };
-    let beats = {
-        let fleet = fleet.clone();
-        optikon_runtime::kv::follow_bucket(heartbeats, "heartbeats", move |entry| {
-            let heartbeat = put_value::<Heartbeat>(&entry);
-            fleet
-                .write()
-                .expect("fleet lock")
-                .set_heartbeat(&entry.key, heartbeat);
-        })
-    };
+    let beats = follow_heartbeats(js.clone(), nats, fleet.clone());
     let runs = {
         let fleet = fleet.clone();
         optikon_runtime::kv::follow_bucket(services, "site services", move |entry| {
@@ -232,6 +223,59 @@ pub async fn follow(js: async_nats::jetstream::Context, fleet: SharedFleet) {
         })
     };
     tokio::join!(records, beats, runs);
+}
+
+/// Heartbeats as they are stored, by a plain subscription to the subjects the bucket stores
+/// them under: the hub's server hands each to this one subscriber as it stores it, with
+/// none of an ordered consumer's per-message flow control, which every site's heartbeat
+/// would otherwise cost the hub. The newest of each site is read once at the start; one
+/// missed while reconnecting is replaced by that site's next.
+async fn follow_heartbeats(
+    js: async_nats::jetstream::Context,
+    nats: async_nats::Client,
+    fleet: SharedFleet,
+) {
+    use futures::StreamExt;
+    let live = loop {
+        match nats
+            .subscribe(format!("$KV.{}.*", subject::HEARTBEATS_BUCKET))
+            .await
+        {
+            Ok(live) => break live,
+            Err(error) => {
+                tracing::warn!(%error, "cannot subscribe to heartbeats; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let _ = nats.flush().await;
+    bucket(&js, subject::HEARTBEATS_BUCKET).await;
+    match optikon_runtime::kv::latest_values(&js, subject::HEARTBEATS_BUCKET, ">").await {
+        Ok(values) => {
+            let mut fleet = fleet.write().expect("fleet lock");
+            for (key, value) in values {
+                if let Ok(heartbeat) = serde_json::from_slice::<Heartbeat>(&value) {
+                    fleet.set_heartbeat(&key, Some(heartbeat));
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the newest heartbeats; live ones fill in")
+        }
+    }
+    let prefix = format!("$KV.{}.", subject::HEARTBEATS_BUCKET);
+    let mut live = live;
+    while let Some(message) = live.next().await {
+        let Some(key) = message.subject.strip_prefix(&prefix) else {
+            continue;
+        };
+        // A deleted or purged entry comes as an empty body with a KV-Operation header.
+        let heartbeat = serde_json::from_slice::<Heartbeat>(&message.payload).ok();
+        fleet
+            .write()
+            .expect("fleet lock")
+            .set_heartbeat(key, heartbeat);
+    }
 }
 
 /// The bucket, waiting until it exists (the router makes the hub's buckets).

@@ -71,6 +71,9 @@ pub struct ScaleResult {
     pub heartbeats_per_second: f64,
     /// Seconds waited after the set-up for the hub to settle before the idle window.
     pub settle_seconds: f64,
+    /// Idle cores of the hub nats-server over a second window with the hub's proximity-dns
+    /// stopped, right after the first: what following the heartbeats costs the hub.
+    pub idle_hub_without_dns: Option<f64>,
 }
 
 /// Runs every size, each on a fresh hub. Blocking: the test beds start and stop outside
@@ -177,6 +180,9 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
+/// The hub's proximity-dns, in the CPU probes.
+const DNS_PART: &str = "proximity-dns (hub)";
+
 async fn measure(
     testbed: &mut Testbed,
     agents_binary: &PathBuf,
@@ -266,10 +272,32 @@ async fn measure(
         agents.iter().filter_map(|(_, c, _)| c.id()).collect(),
         false,
     );
+    let dns_pid = testbed
+        .services
+        .iter()
+        .find(|s| s.spec.name == "proximity-dns")
+        .map(|s| s.pid());
+    if let Some(pid) = dns_pid {
+        probe.add(DNS_PART, vec![pid], false);
+    }
     result.settle_seconds = settle(&probe).await;
     let before = probe.snapshot();
     tokio::time::sleep(Duration::from_secs(plan.idle_seconds)).await;
     let idle = probe.usage(&before, &probe.snapshot());
+    // The same window again with the hub's proximity-dns stopped.
+    if let Some(dns) = testbed.service_mut("proximity-dns") {
+        dns.kill();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let before = probe.snapshot();
+        tokio::time::sleep(Duration::from_secs(plan.idle_seconds)).await;
+        let without = probe.usage(&before, &probe.snapshot());
+        result.idle_hub_without_dns = without
+            .parts
+            .iter()
+            .find(|(name, _)| name == HUB_PART)
+            .map(|(_, seconds)| seconds / without.wall);
+        tokio::task::block_in_place(|| dns.restart())?;
+    }
     result.idle_cores = idle
         .parts
         .iter()

@@ -419,7 +419,9 @@ fn control_section(out: &mut String, r: &Results) {
          divided by the clusters. Idle cores: CPU seconds over a {} s window, once the hub has \
          settled after the set-up (\"settled\": two 5 s windows in a row used about the same \
          CPU), with nothing asked of the hub but the heartbeats (one KV put per cluster every {} s) and each \
-         cluster's waiting pull for commands (one expiry each way per cluster every 30 s):\n",
+         cluster's waiting pull for commands (one expiry each way per cluster every 30 s). \
+         The hub also runs proximity-dns, which follows every heartbeat; the last column is \
+         the hub's nats-server over a second window of the same length with it stopped:\n",
         plan.idle_seconds, plan.heartbeat_seconds
     );
     let mut memory = Table::new(&[
@@ -435,8 +437,10 @@ fn control_section(out: &mut String, r: &Results) {
         "idle router",
         "idle leaves",
         "idle agents",
+        "idle proximity-dns",
+        "idle hub nats, proximity-dns stopped",
     ])
-    .right_aligned(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    .right_aligned(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
     for c in &r.control {
         let per_1000 = |base: f64, now: f64| (now - base) / c.clusters as f64 * 1000.0;
         let idle = |name: &str| {
@@ -461,6 +465,9 @@ fn control_section(out: &mut String, r: &Results) {
             idle("selector-router"),
             idle("leaf nats-servers"),
             idle("simulated agents"),
+            idle("proximity-dns (hub)"),
+            c.idle_hub_without_dns
+                .map_or("–".into(), |cores| format!("{cores:.2}")),
         ]);
     }
     let _ = writeln!(out, "{}", memory.render());
