@@ -180,8 +180,18 @@ where
             lane
         }
     };
+    // Messages waiting behind another of their lane are in progress too: without a word
+    // their ack wait would run out while the one ahead takes long, and they would be
+    // handed out again.
+    let mut progress = tokio::time::interval(ack_wait / 3);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = progress.tick() => {
+                for message in waiting.values().flatten() {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            }
             m = messages.next() => match m {
                 Some(Ok(message)) => {
                     let lane = lane_of(&message);
