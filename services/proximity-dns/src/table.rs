@@ -361,17 +361,14 @@ mod tests {
         }
     }
 
-    fn clusters(sites: &[DnsSite]) -> Vec<&str> {
-        sites.iter().map(|s| s.cluster.as_str()).collect()
-    }
+    /// Asked from here, Berlin is nearer than Lisbon.
+    const COPENHAGEN: Option<Location> = Some(Location {
+        lat: 55.68,
+        long: 12.57,
+    });
 
-    #[test]
-    fn reused_answers_follow_every_change_that_matters() {
-        let now = Timestamp::now();
-        let copenhagen = Some(Location {
-            lat: 55.68,
-            long: 12.57,
-        });
+    /// Berlin and Lisbon registered, healthy at `now`, each running shop/web.
+    fn berlin_and_lisbon(now: Timestamp) -> Fleet {
         let mut fleet = Fleet::default();
         for (name, lat, long, ip) in [
             ("berlin", "52.52", "13.40", "192.0.2.1"),
@@ -381,8 +378,19 @@ mod tests {
             fleet.set_heartbeat(name, Some(heartbeat(name, now)));
             fleet.set_services(name, Some(runs(name, ip)));
         }
+        fleet
+    }
+
+    fn clusters(sites: &[DnsSite]) -> Vec<&str> {
+        sites.iter().map(|s| s.cluster.as_str()).collect()
+    }
+
+    #[test]
+    fn reused_answers_follow_every_change_that_matters() {
+        let now = Timestamp::now();
+        let mut fleet = berlin_and_lisbon(now);
         assert_eq!(
-            clusters(&fleet.answer(copenhagen, None, &web())),
+            clusters(&fleet.answer(COPENHAGEN, None, &web())),
             ["berlin"]
         );
         // A heartbeat that says the same changes nothing, and the answer is reused.
@@ -394,18 +402,18 @@ mod tests {
         down.api_ready = false;
         fleet.set_heartbeat("berlin", Some(down));
         assert_eq!(
-            clusters(&fleet.answer(copenhagen, None, &web())),
+            clusters(&fleet.answer(COPENHAGEN, None, &web())),
             ["lisbon"]
         );
         // So does a site that stops running it, or a move.
         fleet.set_heartbeat("berlin", Some(heartbeat("berlin", Timestamp::now())));
         assert_eq!(
-            clusters(&fleet.answer(copenhagen, None, &web())),
+            clusters(&fleet.answer(COPENHAGEN, None, &web())),
             ["berlin"]
         );
         fleet.set_record("berlin", Some(&record("berlin", "35.68", "139.69")));
         assert_eq!(
-            clusters(&fleet.answer(copenhagen, None, &web())),
+            clusters(&fleet.answer(COPENHAGEN, None, &web())),
             ["lisbon"]
         );
         // Unknown names are not remembered.
@@ -413,45 +421,33 @@ mod tests {
             namespace: "x".into(),
             name: "y".into(),
         };
-        assert!(fleet.answer(copenhagen, None, &unknown).is_empty());
+        assert!(fleet.answer(COPENHAGEN, None, &unknown).is_empty());
         assert_eq!(fleet.answers.lock().unwrap().len(), 1);
     }
 
     #[test]
     fn only_registered_healthy_sites_answer() {
         let now = Timestamp::now();
-        let copenhagen = Some(Location {
-            lat: 55.68,
-            long: 12.57,
-        });
-        let mut fleet = Fleet::default();
-        for (name, lat, long, ip) in [
-            ("berlin", "52.52", "13.40", "192.0.2.1"),
-            ("lisbon", "38.72", "9.14W", "192.0.2.2"),
-        ] {
-            fleet.set_record(name, Some(&record(name, lat, long)));
-            fleet.set_heartbeat(name, Some(heartbeat(name, now)));
-            fleet.set_services(name, Some(runs(name, ip)));
-        }
+        let mut fleet = berlin_and_lisbon(now);
         assert_eq!(
-            clusters(&fleet.resolve(copenhagen, None, &web(), now)),
+            clusters(&fleet.resolve(COPENHAGEN, None, &web(), now)),
             ["berlin"]
         );
         // Berlin's heartbeats stop: after three intervals Lisbon answers.
         let later = Timestamp(now.0 + time::Duration::seconds(16));
         fleet.set_heartbeat("lisbon", Some(heartbeat("lisbon", later)));
         assert_eq!(
-            clusters(&fleet.resolve(copenhagen, None, &web(), later)),
+            clusters(&fleet.resolve(COPENHAGEN, None, &web(), later)),
             ["lisbon"]
         );
         // The asker itself is left out; an unregistered site is not believed.
         assert!(
             fleet
-                .resolve(copenhagen, Some("lisbon"), &web(), later)
+                .resolve(COPENHAGEN, Some("lisbon"), &web(), later)
                 .is_empty()
         );
         fleet.set_record("lisbon", None);
-        assert!(fleet.resolve(copenhagen, None, &web(), later).is_empty());
+        assert!(fleet.resolve(COPENHAGEN, None, &web(), later).is_empty());
         // A site that stops running it leaves the index.
         fleet.set_services("berlin", None);
         assert!(
