@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -17,6 +17,7 @@ use optikon_core::message::{
     ApiVersion, ClusterRecord, Heartbeat, ServiceEndpoint, SiteServices, Timestamp,
 };
 use optikon_core::subject;
+use optikon_testbed::nsd::Nsd;
 use optikon_testbed::services::{ServiceProcess, ServiceSpec};
 use optikon_testbed::{HubRole, Testbed, TestbedConfig};
 
@@ -106,15 +107,20 @@ pub fn run(
         .collect();
     let answers = wait_for_answers(address, &names)?;
 
-    let nsd_dir = testbed.dir().join("nsd");
-    let nsd = Nsd::start(&nsd_dir, &answers)?;
+    // NSD serving the names with exactly the addresses proximity-dns gave.
+    let records: String = answers
+        .iter()
+        .flat_map(|(name, addresses)| addresses.iter().map(move |a| format!("{name}. IN A {a}\n")))
+        .collect();
+    let nsd = Nsd::start(&testbed.dir().join("nsd"), DOMAIN, 5, &records)?;
+    wait_for_answers(nsd.address, &names)?;
     let queries = testbed.dir().join("queries.txt");
     std::fs::write(
         &queries,
         names.iter().map(|n| format!("{n} A\n")).collect::<String>(),
     )?;
     // NSD forks its server and transfer processes from the one started: count them all.
-    let conf = nsd_dir.join("nsd.conf").display().to_string();
+    let conf = nsd.config().display().to_string();
     let nsd_pids: Vec<u32> = cpu::processes()
         .into_iter()
         .filter(|(_, args)| args.iter().any(|a| *a == conf))
@@ -313,72 +319,6 @@ fn measure(server: SocketAddr, pids: &[u32], queries: &Path) -> anyhow::Result<W
         lost,
         cpu_ms_per_1000: 1e6 * (after - before) / completed.max(1.0),
     })
-}
-
-/// NSD serving the names with exactly the addresses proximity-dns gave.
-struct Nsd {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl Nsd {
-    fn start(dir: &Path, answers: &[(String, Vec<String>)]) -> anyhow::Result<Nsd> {
-        std::fs::create_dir_all(dir)?;
-        let mut zone = format!(
-            "$ORIGIN {DOMAIN}.\n$TTL 5\n@ IN SOA ns.{DOMAIN}. hostmaster.{DOMAIN}. 1 60 30 600 5\n\
-             @ IN NS ns.{DOMAIN}.\nns IN A 127.0.0.1\n"
-        );
-        for (name, addresses) in answers {
-            for address in addresses {
-                zone.push_str(&format!("{name}. IN A {address}\n"));
-            }
-        }
-        std::fs::write(dir.join("bench.zone"), zone)?;
-        let port = optikon_testbed::free_udp_and_tcp_port()?;
-        let d = dir.display();
-        // One server process, as proximity-dns is one process; no response rate limiting
-        // (Debian's NSD limits each client to 200 answers a second by default, and one
-        // benchmark client is all it sees).
-        std::fs::write(
-            dir.join("nsd.conf"),
-            format!(
-                "server:\n  ip-address: 127.0.0.1\n  port: {port}\n  zonesdir: \"{d}\"\n  \
-                 pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  username: \"\"\n  chroot: \"\"\n  \
-                 xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  \
-                 logfile: \"{d}/nsd.log\"\n  server-count: 1\n  \
-                 rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\n\
-                 remote-control:\n  control-enable: no\n\
-                 zone:\n  name: {DOMAIN}\n  zonefile: \"bench.zone\"\n"
-            ),
-        )?;
-        let nsd = ["/usr/sbin/nsd", "nsd"]
-            .into_iter()
-            .find(|p| Command::new(p).arg("-v").output().is_ok())
-            .context("nsd not found: run scripts/install-packages")?;
-        let child = Command::new(nsd)
-            .args(["-d", "-c"])
-            .arg(dir.join("nsd.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start nsd")?;
-        let nsd = Nsd {
-            child,
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        wait_for_answers(
-            nsd.address,
-            &answers.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
-        )?;
-        Ok(nsd)
-    }
-}
-
-impl Drop for Nsd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Queries per second, latency, and CPU per query, medians over the windows, per server.

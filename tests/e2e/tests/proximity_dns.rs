@@ -8,14 +8,14 @@
 //! server keeps serving.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServicePort, ServiceSpec};
 use kube::api::{Api, ObjectMeta, PostParams};
 use optikon_e2e::{eventually, kube_client, wait_until_healthy};
+use optikon_testbed::nsd::Nsd;
 use optikon_testbed::services::{TESTBED_DNS_DOMAIN, TESTBED_HEARTBEAT_SECONDS};
 use optikon_testbed::{Site, Testbed, TestbedConfig};
 
@@ -134,61 +134,6 @@ async fn run_web(testbed: &Testbed, site: &str, ip: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// A real NSD, from Debian, serving `example.test` from a zone file: the hub's upstream.
-struct Nsd {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl Nsd {
-    fn start(dir: &Path) -> anyhow::Result<Nsd> {
-        let nsd = ["/usr/sbin/nsd", "nsd"]
-            .into_iter()
-            .find(|p| Command::new(p).arg("-v").output().is_ok())
-            .context("nsd not found (Debian's nsd; scripts/test installs it)")?;
-        let port = optikon_testbed::free_udp_and_tcp_port()?;
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(
-            dir.join("example.test.zone"),
-            format!(
-                "$ORIGIN example.test.\n$TTL 60\n\
-                 @ IN SOA ns.example.test. hostmaster.example.test. 1 60 30 600 60\n\
-                 @ IN NS ns.example.test.\nns IN A 127.0.0.1\nwww IN A {UPSTREAM_IP}\n"
-            ),
-        )?;
-        let d = dir.display();
-        std::fs::write(
-            dir.join("nsd.conf"),
-            format!(
-                "server:\n  ip-address: 127.0.0.1\n  port: {port}\n  zonesdir: \"{d}\"\n  \
-                 pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  username: \"\"\n  chroot: \"\"\n  \
-                 xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  \
-                 logfile: \"{d}/nsd.log\"\n  server-count: 1\n\
-                 remote-control:\n  control-enable: no\n\
-                 zone:\n  name: example.test\n  zonefile: \"example.test.zone\"\n"
-            ),
-        )?;
-        let child = Command::new(nsd)
-            .args(["-d", "-c"])
-            .arg(dir.join("nsd.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start nsd")?;
-        Ok(Nsd {
-            child,
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
-        })
-    }
-}
-
-impl Drop for Nsd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A query with a whole header and a question cut off in the middle of its name.
 const MALFORMED: [u8; 17] = [
     0x4f, 0x4b, // id
@@ -208,7 +153,13 @@ async fn the_nearest_healthy_site_answers() -> anyhow::Result<()> {
     let mut testbed = tokio::task::spawn_blocking(move || Testbed::start(config))
         .await?
         .context("the test bed did not start")?;
-    let nsd = Nsd::start(&testbed.dir().join("nsd"))?;
+    // A real NSD, from Debian, serving `example.test` from a zone file: the hub's upstream.
+    let nsd = Nsd::start(
+        &testbed.dir().join("nsd"),
+        "example.test",
+        60,
+        &format!("www IN A {UPSTREAM_IP}\n"),
+    )?;
     // The hub's DNS stands in Copenhagen and forwards what is not its own to NSD.
     let hub_dns = testbed
         .service_mut("proximity-dns")

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod identity;
 pub mod link;
 pub mod nats;
+pub mod nsd;
 pub mod process;
 pub mod services;
 pub mod tools;
