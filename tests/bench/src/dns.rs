@@ -7,7 +7,7 @@
 //! names with dnsperf, taking turns. NSD's zone is written from what proximity-dns answered,
 //! so both give identical answers; the difference is the price of choosing them per query.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use optikon_core::message::{
     ApiVersion, ClusterRecord, Heartbeat, ServiceEndpoint, SiteServices, Timestamp,
 };
 use optikon_core::subject;
-use optikon_testbed::nsd::Nsd;
+use optikon_testbed::dns::{Nsd, dig};
 use optikon_testbed::services::{ServiceProcess, ServiceSpec};
 use optikon_testbed::{HubRole, Testbed, TestbedConfig};
 
@@ -235,34 +235,21 @@ async fn fill(testbed: &Testbed, sites: usize) -> anyhow::Result<()> {
 fn wait_for_answers(
     server: SocketAddr,
     names: &[String],
-) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+) -> anyhow::Result<Vec<(String, Vec<IpAddr>)>> {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let mut answers = Vec::new();
-        for name in names {
-            let out = Command::new("dig")
-                .args([
-                    "+short",
-                    "+time=2",
-                    "+tries=1",
-                    "-p",
-                    &server.port().to_string(),
-                ])
-                .arg(format!("@{}", server.ip()))
-                .args([name.as_str(), "A"])
-                .output()?;
-            let addresses: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_owned)
-                .filter(|l| l.parse::<std::net::IpAddr>().is_ok())
-                .collect();
-            answers.push((name.clone(), addresses));
-        }
-        if answers.iter().all(|(_, a)| !a.is_empty()) {
-            return Ok(answers);
-        }
+        // A server still starting refuses the query: that is "not yet", like no answer.
+        let answers = names
+            .iter()
+            .map(|name| Ok((name.clone(), dig(server, name, "A")?.addresses)))
+            .collect::<Result<Vec<_>, optikon_testbed::Error>>();
+        let last = match answers {
+            Ok(answers) if answers.iter().all(|(_, a)| !a.is_empty()) => return Ok(answers),
+            Ok(_) => "some names had no answer".to_owned(),
+            Err(error) => error.to_string(),
+        };
         if std::time::Instant::now() > deadline {
-            bail!("proximity-dns did not answer every name within 120 s");
+            bail!("{server} did not answer every name within 120 s: {last}");
         }
         std::thread::sleep(Duration::from_secs(1));
     }

@@ -8,14 +8,13 @@
 //! server keeps serving.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServicePort, ServiceSpec};
 use kube::api::{Api, ObjectMeta, PostParams};
 use optikon_e2e::{eventually, kube_client, wait_until_healthy};
-use optikon_testbed::nsd::Nsd;
+use optikon_testbed::dns::{Nsd, dig};
 use optikon_testbed::services::{TESTBED_DNS_DOMAIN, TESTBED_HEARTBEAT_SECONDS};
 use optikon_testbed::{Site, Testbed, TestbedConfig};
 
@@ -29,44 +28,6 @@ fn sites() -> Vec<Site> {
         Site::new("berlin-1", &[("lat", "52.52"), ("long", "13.40")]),
         Site::new("lisbon-1", &[("lat", "38.72"), ("long", "9.14W")]),
     ]
-}
-
-/// What `dig` said: the status and the addresses in the answer section.
-#[derive(Debug, PartialEq)]
-struct Answer {
-    status: String,
-    addresses: Vec<IpAddr>,
-}
-
-fn dig(server: SocketAddr, name: &str, record_type: &str) -> anyhow::Result<Answer> {
-    let out = Command::new("dig")
-        .args([
-            "+time=2",
-            "+tries=1",
-            "+noall",
-            "+comments",
-            "+answer",
-            "-p",
-            &server.port().to_string(),
-            &format!("@{}", server.ip()),
-            name,
-            record_type,
-        ])
-        .output()
-        .context("cannot run dig (Debian's dnsutils; scripts/test installs it)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let status = text
-        .split("status: ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .map(str::to_owned)
-        .with_context(|| format!("dig @{server} {name}: no status in {text:?}"))?;
-    let addresses = text
-        .lines()
-        .filter(|line| !line.starts_with(';'))
-        .filter_map(|line| line.split_whitespace().last()?.parse().ok())
-        .collect();
-    Ok(Answer { status, addresses })
 }
 
 fn ips(list: &[&str]) -> Vec<IpAddr> {

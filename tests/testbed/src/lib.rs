@@ -6,10 +6,10 @@
 //! runs the same thing from a shell; integration tests use it through [`Testbed::start`].
 
 pub mod cluster;
+pub mod dns;
 pub mod identity;
 pub mod link;
 pub mod nats;
-pub mod nsd;
 pub mod process;
 pub mod services;
 pub mod tools;

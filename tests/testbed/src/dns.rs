@@ -1,13 +1,56 @@
-//! A real authoritative DNS server, Debian's NSD, serving one zone from a zone file on a
-//! loopback port: proximity DNS's upstream in tests, and what the DNS benchmark compares
-//! it with.
+//! Real DNS parts for proximity DNS's tests and benchmark: Debian's `dig` to ask, and
+//! Debian's NSD, an authoritative server answering one zone from a zone file on a loopback
+//! port (proximity DNS's upstream in tests, and what the benchmark compares it with).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::Error;
 use crate::process::ChildProcess;
+
+/// What `dig` said: the status (`NOERROR`, `NXDOMAIN`, …) and the answer's addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigAnswer {
+    pub status: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Asks `server` for `name` of `record_type` with `dig`, once, waiting at most 2 s.
+pub fn dig(server: SocketAddr, name: &str, record_type: &str) -> Result<DigAnswer, Error> {
+    let out = Command::new("dig")
+        .args([
+            "+time=2",
+            "+tries=1",
+            "+noall",
+            "+comments",
+            "+answer",
+            "-p",
+        ])
+        .arg(server.port().to_string())
+        .arg(format!("@{}", server.ip()))
+        .args([name, record_type])
+        .output()
+        .map_err(|e| {
+            Error::io(
+                "run dig (Debian's dnsutils: run scripts/install-packages)",
+                e,
+            )
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Config(format!("dig @{server} {name}: no status in {text:?}")))?;
+    let addresses = text
+        .lines()
+        .filter(|line| !line.starts_with(';'))
+        .filter_map(|line| line.split_whitespace().last()?.parse().ok())
+        .collect();
+    Ok(DigAnswer { status, addresses })
+}
 
 /// NSD while it runs; stopped (with the processes it forks) when dropped.
 #[derive(Debug)]
