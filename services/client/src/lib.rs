@@ -312,6 +312,7 @@ impl Client {
             helm_values: Default::default(),
             revision: None,
             atomic: false,
+            strategy: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod message;
 pub mod names;
 pub mod proximity;
 pub mod release_record;
+pub mod rollout;
 pub mod schema;
 pub mod selector;
 pub mod subject;

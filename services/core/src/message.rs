@@ -167,6 +167,10 @@ pub struct ReleaseRequest {
     /// successful revision, an install is uninstalled. Each cluster on its own.
     #[serde(default, skip_serializing_if = "is_false")]
     pub atomic: bool,
+    /// Reach the clusters in waves, a few at a time, behind a health gate, instead of all at
+    /// once (see [`crate::rollout`] and docs/rollouts.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<crate::rollout::RolloutStrategy>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -221,6 +225,9 @@ impl ReleaseRequest {
                     self.action
                 ),
             ));
+        }
+        if let Some(strategy) = &self.strategy {
+            strategy.check(self.action)?;
         }
         if matches!(self.action, Action::Install | Action::Upgrade) && self.chart.is_none() {
             return Err(ApiError::new(
@@ -288,6 +295,8 @@ pub struct DesiredRelease {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ReleaseState {
+    /// In a rollout, waiting for its wave: nothing was sent to the cluster yet.
+    Queued,
     /// The command is known but not finished.
     Pending,
     Deployed,
@@ -295,23 +304,33 @@ pub enum ReleaseState {
     Uninstalled,
     /// A newer generation arrived before this one was applied; the newer one wins.
     Superseded,
+    /// Left out by a rollout (unreachable under `offline: skip`, or the rollout stopped
+    /// before its wave): nothing was sent. Counted as failed, never as a success.
+    Skipped,
 }
 
 impl ReleaseState {
     /// Whether the state ends the work for its generation.
     pub fn is_final(self) -> bool {
-        !matches!(self, ReleaseState::Pending)
+        !matches!(self, ReleaseState::Pending | ReleaseState::Queued)
+    }
+
+    /// Whether a request counts it as failed: it failed, or it was left out.
+    pub fn is_failure(self) -> bool {
+        matches!(self, ReleaseState::Failed | ReleaseState::Skipped)
     }
 }
 
 impl fmt::Display for ReleaseState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            ReleaseState::Queued => "queued",
             ReleaseState::Pending => "pending",
             ReleaseState::Deployed => "deployed",
             ReleaseState::Failed => "failed",
             ReleaseState::Uninstalled => "uninstalled",
             ReleaseState::Superseded => "superseded",
+            ReleaseState::Skipped => "skipped",
         })
     }
 }
@@ -558,7 +577,7 @@ impl RequestStatus {
         let failed = self
             .clusters
             .values()
-            .filter(|c| c.state == ReleaseState::Failed)
+            .filter(|c| c.state.is_failure())
             .count();
         (done, failed, self.clusters.len())
     }
@@ -574,10 +593,7 @@ impl RequestStatus {
         RequestProgress {
             targets: clusters.len(),
             done: clusters.values().filter(|c| c.state.is_final()).count(),
-            failed: clusters
-                .values()
-                .filter(|c| c.state == ReleaseState::Failed)
-                .count(),
+            failed: clusters.values().filter(|c| c.state.is_failure()).count(),
         }
     }
 }
@@ -588,7 +604,7 @@ impl ClusterProgress {
         let count = |p: &ClusterProgress| {
             (
                 isize::from(p.state.is_final()),
-                isize::from(p.state == ReleaseState::Failed),
+                isize::from(p.state.is_failure()),
             )
         };
         let (d0, f0) = count(self);
@@ -832,6 +848,7 @@ mod tests {
             helm_values: HelmValues::default(),
             revision: None,
             atomic: false,
+            strategy: None,
         };
         let code = |r: &ReleaseRequest| r.check().map(|_| ()).map_err(|e| e.code);
         assert_eq!(

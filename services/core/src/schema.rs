@@ -10,6 +10,7 @@ use crate::message::{
     DnsAnswer, DnsResolveRequest, Heartbeat, ReleaseRequest, ReleaseStatus, Reply, RequestStatus,
     SiteServices,
 };
+use crate::rollout::{Rollout, RolloutControl};
 
 fn named<T: JsonSchema>(file: &'static str) -> (&'static str, Schema) {
     (file, schema_for!(T))
@@ -33,6 +34,9 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         named::<SiteServices>("site-services.json"),
         named::<DnsResolveRequest>("dns-resolve-request.json"),
         named::<Reply<DnsAnswer>>("dns-resolve-reply.json"),
+        named::<Rollout>("rollout.json"),
+        named::<RolloutControl>("rollout-control.json"),
+        named::<Reply<Rollout>>("rollout-control-reply.json"),
     ]
 }
 

@@ -77,6 +77,11 @@ pub const RELEASES_BUCKET: &str = "releases";
 pub const REQUESTS_BUCKET: &str = "requests";
 /// One entry per request per target cluster: `<request id>.<cluster>` ([`request_cluster_key`]).
 pub const REQUEST_CLUSTERS_BUCKET: &str = "request-clusters";
+/// One [`crate::rollout::Rollout`] per request that has a strategy; key = the request id.
+pub const ROLLOUTS_BUCKET: &str = "rollouts";
+/// Request/reply: pause, resume or abort a rollout ([`crate::rollout::RolloutControl`];
+/// reply: `Reply<Rollout>`). The router answers.
+pub const ROLLOUT_CONTROL: &str = "optikon.api.rollout.control";
 
 /// Edge copy of one cluster's commands (`CMD_LOCAL_<cluster>`), sourced from the hub's
 /// `CMD`. Named per cluster, not per site, so one leaf node may serve several clusters.

@@ -201,7 +201,11 @@ pub async fn ensure_hub(js: &jetstream::Context) -> Result<(), TopologyError> {
         },
     )
     .await?;
-    for bucket in [subject::REQUESTS_BUCKET, subject::REQUEST_CLUSTERS_BUCKET] {
+    for bucket in [
+        subject::REQUESTS_BUCKET,
+        subject::REQUEST_CLUSTERS_BUCKET,
+        subject::ROLLOUTS_BUCKET,
+    ] {
         ensure_kv(
             js,
             kv::Config {
