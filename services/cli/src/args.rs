@@ -45,6 +45,52 @@ pub enum Command {
     /// Check label selectors without any cluster.
     #[command(subcommand)]
     Selector(SelectorCommand),
+    /// Show, pause, resume or abort a rollout (a request with waves or limits).
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Show a rollout's waves, state and what it waits for.
+    Status {
+        /// The request id `install`/`upgrade`/`rollback` printed.
+        id: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Start nothing more; what started goes on.
+    Pause { id: String },
+    /// Go on after a pause.
+    Resume { id: String },
+    /// Stop for good: nothing more starts, nothing is undone (roll back with `optikon rollback`).
+    Abort { id: String },
+}
+
+/// How a change reaches the matching clusters; without any of these, all at once.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StrategyArgs {
+    /// A wave: a label selector, repeated in order (`--wave ring=canary --wave ring=early`).
+    /// Each matching cluster goes in the first wave it matches; the rest form a last wave.
+    #[arg(long = "wave")]
+    pub waves: Vec<String>,
+    /// Clusters of a wave changing at once: a count or a percentage of the wave (`25%`).
+    #[arg(long)]
+    pub max_unavailable: Option<String>,
+    /// Failed clusters that stop the rollout: a count or a percentage of all targets.
+    #[arg(long)]
+    pub max_failures: Option<String>,
+    /// When --max-failures stops the rollout, put every cluster it changed back to the
+    /// revision it ran before (uninstall where it ran none).
+    #[arg(long)]
+    pub rollback_on_failure: bool,
+    /// Seconds a finished wave must stay healthy before the next one starts.
+    #[arg(long, value_name = "SECONDS")]
+    pub soak: Option<u64>,
+    /// An unreachable cluster whose turn comes: `wait` (send it; the wave waits for it) or
+    /// `skip` (leave it out).
+    #[arg(long, value_name = "wait|skip")]
+    pub offline: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,8 +164,10 @@ pub struct ApplyArgs {
     pub set_literal: Vec<String>,
     /// On a cluster where it fails, undo it there, as helm's --atomic: an upgrade is rolled
     /// back to the last successful revision, an install is uninstalled.
-    #[arg(long, visible_alias = "rollback-on-failure")]
+    #[arg(long)]
     pub atomic: bool,
+    #[command(flatten)]
+    pub strategy: StrategyArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -131,6 +179,8 @@ pub struct RollbackArgs {
     pub revision: Option<u32>,
     #[command(flatten)]
     pub target: TargetArgs,
+    #[command(flatten)]
+    pub strategy: StrategyArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

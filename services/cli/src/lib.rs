@@ -17,14 +17,23 @@ use optikon_core::values::{HelmValues, SetFile, ValuesFile};
 use optikon_core::{names, subject};
 
 use crate::args::{
-    ApplyArgs, ChartCommand, Cli, ClusterCommand, Command, SelectorCommand, WaitArgs,
+    ApplyArgs, ChartCommand, Cli, ClusterCommand, Command, RolloutCommand, SelectorCommand,
+    StrategyArgs, WaitArgs,
 };
 use crate::output::{Table, print};
+use optikon_core::message::Health;
+use optikon_core::rollout::{
+    Amount, ControlAction, OfflinePolicy, Rollout, RolloutState, RolloutStrategy,
+};
 
-/// Exit codes: 0 success, 1 something failed (or `selector match` found no match),
-/// 2 the input was wrong.
+/// Exit codes: 0 success, 1 something failed (or `selector match` found no match, or a
+/// rollout stopped or was aborted), 2 the input was wrong, 3 timed out while clusters that
+/// answer were still busy, 4 only unreachable clusters kept it from finishing: it timed
+/// out waiting for them, or a rollout skipped them.
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_BAD_INPUT: i32 = 2;
+pub const EXIT_TIMEOUT: i32 = 3;
+pub const EXIT_OFFLINE: i32 = 4;
 
 /// An error in what the user typed: exits with [`EXIT_BAD_INPUT`].
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 &args.target.selector,
             );
             request.revision = args.revision;
+            request.strategy = strategy_of(&args.strategy)?;
             check_request(&request)?;
             follow(&client, request, &args.wait).await?
         }
@@ -190,6 +200,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             watch(&nats, args.heartbeats).await?;
             0
         }
+        Command::Rollout(command) => rollout_command(&client, command).await?,
         Command::Selector(_) => unreachable!("handled before connecting"),
     };
     nats.drain().await?;
@@ -242,7 +253,51 @@ fn parse_selector(expr: &str) -> anyhow::Result<LabelSelector> {
 fn check_request(request: &ReleaseRequest) -> anyhow::Result<()> {
     optikon_core::message::check_target(&request.release, &request.namespace, &request.selector)
         .map_err(|e| bad_input(e.message))?;
+    if let Some(strategy) = &request.strategy {
+        strategy
+            .check(request.action)
+            .map_err(|e| bad_input(e.message))?;
+    }
     Ok(())
+}
+
+/// The rollout strategy the flags ask for; `None` when none was given (all at once).
+fn strategy_of(args: &StrategyArgs) -> anyhow::Result<Option<RolloutStrategy>> {
+    let amount = |flag: &str, text: &Option<String>| {
+        text.as_deref()
+            .map(|t| {
+                t.parse::<Amount>()
+                    .map_err(|e| bad_input(format!("--{flag}: {e}")))
+            })
+            .transpose()
+    };
+    let strategy = RolloutStrategy {
+        waves: args.waves.clone(),
+        max_unavailable: amount("max-unavailable", &args.max_unavailable)?,
+        max_failures: amount("max-failures", &args.max_failures)?,
+        rollback_on_failure: args.rollback_on_failure,
+        soak_seconds: args.soak.unwrap_or(0),
+        offline: args
+            .offline
+            .as_deref()
+            .map(|o| {
+                o.parse::<OfflinePolicy>()
+                    .map_err(|e| bad_input(format!("--offline: {e}")))
+            })
+            .transpose()?
+            .unwrap_or_default(),
+    };
+    if args.rollback_on_failure && strategy.max_failures.is_none() {
+        return Err(bad_input(
+            "--rollback-on-failure needs --max-failures: it acts when the rollout stops on failures",
+        ));
+    }
+    let given = !args.waves.is_empty()
+        || args.max_unavailable.is_some()
+        || args.max_failures.is_some()
+        || args.soak.is_some()
+        || args.offline.is_some();
+    Ok(given.then_some(strategy))
 }
 
 async fn push_file(
@@ -269,6 +324,7 @@ async fn apply(client: &Client, action: Action, args: ApplyArgs) -> anyhow::Resu
         &args.target.selector,
     );
     request.atomic = args.atomic;
+    request.strategy = strategy_of(&args.strategy)?;
     check_request(&request)?;
     request.helm_values = collect_values(&args)?;
     let chart = if std::path::Path::new(&args.chart).is_file() {
@@ -314,6 +370,9 @@ async fn follow(client: &Client, request: ReleaseRequest, wait: &WaitArgs) -> an
         println!("{}", request.id);
         return Ok(0);
     }
+    if request.strategy.is_some() {
+        return follow_rollout(client, request, wait).await;
+    }
     let mut last_line = String::new();
     let result = client
         .run_request(
@@ -337,10 +396,184 @@ async fn follow(client: &Client, request: ReleaseRequest, wait: &WaitArgs) -> an
         }
         Err(ClientError::Timeout(message)) => {
             eprintln!("{message}: follow it with `optikon watch`");
-            Ok(EXIT_FAILED)
+            timed_out(client, &request.id).await
         }
         Err(other) => Err(other.into()),
     }
+}
+
+/// After a timeout: names the clusters still waited for, and which of them are
+/// unreachable; [`EXIT_OFFLINE`] when only unreachable ones are left, else [`EXIT_TIMEOUT`].
+async fn timed_out(client: &Client, id: &str) -> anyhow::Result<i32> {
+    let status = client.request_status(id).await.map_err(classify)?;
+    let clusters = client.clusters_by_name().await.map_err(classify)?;
+    let now = Timestamp::now();
+    let waiting: Vec<String> = status
+        .map(|s| s.clusters)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, p)| !p.state.is_final())
+        .map(|(c, _)| c)
+        .collect();
+    let (offline, busy): (Vec<String>, Vec<String>) = waiting.into_iter().partition(|c| {
+        clusters
+            .get(c)
+            .is_none_or(|r| matches!(r.health(now), Health::Unreachable | Health::Unknown))
+    });
+    if !busy.is_empty() {
+        eprintln!("still working: {}", busy.join(", "));
+    }
+    if !offline.is_empty() {
+        eprintln!(
+            "waiting for unreachable: {} (the change waits at the hub and is applied when they are back)",
+            offline.join(", ")
+        );
+    }
+    Ok(if busy.is_empty() && !offline.is_empty() {
+        EXIT_OFFLINE
+    } else {
+        EXIT_TIMEOUT
+    })
+}
+
+/// Follows a rollout to its end: one line whenever its wave, counts or what it waits for
+/// change; then the clusters, and the rollback's if it rolled back.
+async fn follow_rollout(
+    client: &Client,
+    request: ReleaseRequest,
+    wait: &WaitArgs,
+) -> anyhow::Result<i32> {
+    let updates = client.submit(&request).await.map_err(classify)?;
+    drop(updates);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait.timeout);
+    let mut last_line = String::new();
+    loop {
+        let status = client.request_status(&request.id).await.map_err(classify)?;
+        if let Some(error) = status.as_ref().and_then(|s| s.error.as_ref()) {
+            eprintln!("error: request refused: {}", error.message);
+            return Ok(EXIT_BAD_INPUT);
+        }
+        let rollout = client.rollout(&request.id).await.map_err(classify)?;
+        if let (Some(status), Some(rollout)) = (&status, &rollout) {
+            let line = rollout_line(status, rollout);
+            if line != last_line {
+                eprintln!("{line}");
+                last_line = line;
+            }
+            let rolled_back = match &rollout.rollback_request {
+                Some(id) if rollout.state == RolloutState::RolledBack => {
+                    client.request_status(id).await.map_err(classify)?
+                }
+                _ => None,
+            };
+            if rollout.state.is_final() && status.is_complete() {
+                let mut code = finish(status);
+                if let Some(rollback) = rolled_back {
+                    println!("rolled back ({}):", rollback.id);
+                    code = code.max(finish(&rollback));
+                }
+                return Ok(match rollout.state {
+                    RolloutState::Succeeded => code,
+                    _ => {
+                        eprintln!(
+                            "error: rollout {}: {}",
+                            rollout.state,
+                            rollout.reason.as_deref().unwrap_or("")
+                        );
+                        EXIT_FAILED
+                    }
+                });
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            eprintln!(
+                "rollout {} not finished after {}s; it goes on: follow it with `optikon rollout status {}`",
+                request.id, wait.timeout, request.id
+            );
+            return timed_out(client, &request.id).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// `wave 2/3 (ring=early): 3/5 clusters done, 1 failed; waiting for b, c (unreachable since …)`
+fn rollout_line(status: &RequestStatus, rollout: &Rollout) -> String {
+    let (done, failed, total) = status.tally();
+    let waves = rollout.waves.len();
+    let wave = (rollout.wave + 1).min(waves);
+    let selector = rollout
+        .waves
+        .get(rollout.wave)
+        .map(|w| {
+            if w.selector.is_empty() {
+                "the rest".to_owned()
+            } else {
+                w.selector.clone()
+            }
+        })
+        .unwrap_or_default();
+    let mut line = format!("wave {wave}/{waves}");
+    if !selector.is_empty() && !rollout.state.is_final() {
+        line += &format!(" ({selector})");
+    }
+    line += &format!(": {done}/{total} clusters done, {failed} failed");
+    if rollout.state != RolloutState::Running {
+        line += &format!("; {}", rollout.state);
+    }
+    if let Some(reason) = &rollout.reason {
+        line += &format!("; {reason}");
+    }
+    line
+}
+
+async fn rollout_command(client: &Client, command: RolloutCommand) -> anyhow::Result<i32> {
+    let (id, action) = match command {
+        RolloutCommand::Status { id, output } => {
+            let Some(rollout) = client.rollout(&id).await.map_err(classify)? else {
+                return Err(bad_input(format!(
+                    "no rollout {id:?}: only a request with --wave, --max-unavailable, --max-failures, --soak or --offline has one"
+                )));
+            };
+            let status = client.request_status(&id).await.map_err(classify)?;
+            print(output.format, &rollout, || {
+                let mut t = Table::new(vec!["WAVE", "SELECTOR", "CLUSTER", "STATUS", "REASON"]);
+                for (i, wave) in rollout.waves.iter().enumerate() {
+                    for cluster in &wave.clusters {
+                        let progress = status.as_ref().and_then(|s| s.clusters.get(cluster));
+                        t.rows.push(vec![
+                            (i + 1).to_string(),
+                            if wave.selector.is_empty() {
+                                "(the rest)".into()
+                            } else {
+                                wave.selector.clone()
+                            },
+                            cluster.clone(),
+                            progress
+                                .map(|p| p.state.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            progress.and_then(|p| p.reason.clone()).unwrap_or_default(),
+                        ]);
+                    }
+                }
+                t
+            });
+            if output.format == crate::args::Format::Table
+                && let Some(status) = &status
+            {
+                println!("{}", rollout_line(status, &rollout));
+            }
+            return Ok(0);
+        }
+        RolloutCommand::Pause { id } => (id, ControlAction::Pause),
+        RolloutCommand::Resume { id } => (id, ControlAction::Resume),
+        RolloutCommand::Abort { id } => (id, ControlAction::Abort),
+    };
+    let rollout = client
+        .control_rollout(&id, action)
+        .await
+        .map_err(classify)?;
+    println!("rollout {}: {}", rollout.id, rollout.state);
+    Ok(0)
 }
 
 fn format_labels(labels: &BTreeMap<String, String>) -> String {
@@ -465,8 +698,17 @@ fn finish(status: &RequestStatus) -> i32 {
         .filter(|(_, p)| p.state == ReleaseState::Failed)
         .map(|(c, _)| c)
         .collect();
-    if failed.is_empty() {
+    let skipped: Vec<&str> = status
+        .clusters
+        .iter()
+        .filter(|(_, p)| p.state == ReleaseState::Skipped)
+        .map(|(c, _)| c.as_str())
+        .collect();
+    if failed.is_empty() && skipped.is_empty() {
         0
+    } else if failed.is_empty() {
+        eprintln!("{} left out on {}", status.release, skipped.join(", "));
+        EXIT_OFFLINE
     } else {
         eprintln!(
             "error: {} failed on {}",

@@ -13,6 +13,7 @@ use optikon_core::message::{
     ApiError, ApiVersion, ChartIndexEntry, ClusterProgress, ClusterRecord, Heartbeat,
     ReleaseRequest, ReleaseStatus, Reply, RequestStatus, decode,
 };
+use optikon_core::rollout::{ControlAction, Rollout, RolloutControl};
 use optikon_core::{names, subject};
 
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +251,48 @@ impl Client {
             status.clusters = request_clusters(&self.js, id).await?;
         }
         Ok(Some(status))
+    }
+
+    /// A rollout's record (only requests with a strategy have one).
+    pub async fn rollout(&self, id: &str) -> Result<Option<Rollout>, ClientError> {
+        let store = self.bucket(subject::ROLLOUTS_BUCKET).await?;
+        match store
+            .get(subject::token(id))
+            .await
+            .map_err(|e| nats("read rollout")(&e))?
+        {
+            Some(bytes) => Ok(Some(
+                decode("rollout", &bytes).map_err(ClientError::Refused)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Pauses, resumes or aborts a rollout; returns the record after the change.
+    pub async fn control_rollout(
+        &self,
+        id: &str,
+        action: ControlAction,
+    ) -> Result<Rollout, ClientError> {
+        let control = RolloutControl {
+            api_version: ApiVersion,
+            id: id.to_owned(),
+            action,
+        };
+        let body = serde_json::to_vec(&control).expect("control serializes");
+        let reply = self
+            .nats
+            .request(subject::ROLLOUT_CONTROL, body.into())
+            .await
+            .map_err(|e| {
+                ClientError::Nats(format!(
+                    "selector-router did not answer ({e}): is it running?"
+                ))
+            })?;
+        decode::<Reply<Rollout>>("rollout control reply", &reply.payload)
+            .map_err(ClientError::Refused)?
+            .into_result()
+            .map_err(ClientError::Refused)
     }
 
     /// Applies label changes to a cluster (optimistic concurrency, retried on conflict).

@@ -460,7 +460,7 @@ fn advance(
 ) {
     let finished = |c: &str| entries.get(c).is_some_and(|p| p.state.is_final());
     let mut skipped: BTreeSet<String> = BTreeSet::new();
-    while rollout.wave < rollout.waves.len() {
+    if rollout.wave < rollout.waves.len() {
         let wave = rollout.waves[rollout.wave].clone();
         let in_flight = wave
             .clusters
@@ -517,7 +517,13 @@ fn advance(
             ));
             return;
         }
+        // One wave per step: the next step sees the new wave's clusters with their own
+        // reachability, read for that wave.
         rollout.wave += 1;
+        if rollout.wave < rollout.waves.len() {
+            rollout.reason = Some(format!("wave {} passed its gate", rollout.wave));
+            return;
+        }
     }
     rollout.state = RolloutState::Succeeded;
     rollout.reason = None;
@@ -751,6 +757,12 @@ mod tests {
         assert!(step.start.is_empty());
         assert_eq!(r.reason.as_deref(), Some("wave 1 soaking for 30 s"));
         let step = next_step(&mut r, &entries, &BTreeMap::new(), false, later(t0, 40));
+        assert!(
+            step.start.is_empty(),
+            "a step passes the gate, the next starts the wave"
+        );
+        assert_eq!(r.reason.as_deref(), Some("wave 1 passed its gate"));
+        let step = next_step(&mut r, &entries, &BTreeMap::new(), false, later(t0, 41));
         assert_eq!(step.start, ["b"]);
         entries.insert("b".into(), entry(ReleaseState::Deployed));
         next_step(&mut r, &entries, &BTreeMap::new(), false, later(t0, 80));
@@ -771,6 +783,7 @@ mod tests {
         let now = Timestamp::now();
         next_step(&mut r, &entries, &BTreeMap::new(), false, now);
         entries.insert("a".into(), entry(ReleaseState::Deployed));
+        next_step(&mut r, &entries, &BTreeMap::new(), false, now);
         let step = next_step(&mut r, &entries, &BTreeMap::new(), false, now);
         assert_eq!(step.start, ["b", "c"]);
         entries.insert("b".into(), entry(ReleaseState::Failed));
@@ -850,6 +863,7 @@ mod tests {
         assert!(step.skip[0].1.starts_with("skipped: unreachable since"));
         entries.insert("a".into(), entry(ReleaseState::Deployed));
         entries.insert("b".into(), entry(ReleaseState::Skipped));
+        next_step(&mut r, &entries, &offline, false, now);
         assert_eq!(
             next_step(&mut r, &entries, &offline, false, now).start,
             ["c"]
@@ -870,6 +884,7 @@ mod tests {
                 .is_empty()
         );
         apply_control(&mut r, ControlAction::Resume, now).unwrap();
+        next_step(&mut r, &entries, &BTreeMap::new(), false, now);
         assert_eq!(
             next_step(&mut r, &entries, &BTreeMap::new(), false, now).start,
             ["b"]

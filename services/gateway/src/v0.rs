@@ -161,6 +161,9 @@ impl V0Release {
             (ReleaseState::Pending, Action::Upgrade) => "PENDING_UPGRADE",
             (ReleaseState::Pending, Action::Rollback) => "PENDING_ROLLBACK",
             (ReleaseState::Pending, Action::Uninstall) => "DELETING",
+            // Rollout states of a request, never of a release on a cluster; Helm 2's own
+            // name for a state it cannot tell.
+            (ReleaseState::Queued | ReleaseState::Skipped, _) => "UNKNOWN",
         };
         let description = status.reason.clone().unwrap_or_else(|| {
             match (status.action, status.state) {

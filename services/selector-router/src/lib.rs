@@ -6,6 +6,8 @@
 //!   the release list and each request's progress, and announced on
 //!   `optikon.event.request.<id>`.
 //! - [`registry`]: edges announce themselves; the hub starts sourcing their status.
+//! - [`rollout`]: requests with a strategy reach their clusters wave by wave, behind a
+//!   health gate (KV `rollouts`); pause, resume and abort on `optikon.api.rollout.control`.
 //! - [`view`]: the cluster registry, followed live, which requests match their selectors in.
 //!
 //! Replicas share the work through durable consumers and queue groups.
@@ -14,6 +16,7 @@ pub mod desired_view;
 pub mod fold;
 pub mod registry;
 pub mod request;
+pub mod rollout;
 pub mod view;
 
 use std::time::Duration;
@@ -36,6 +39,7 @@ pub struct Hub {
     pub requests: kv::Store,
     pub request_clusters: kv::Store,
     pub chart_index: kv::Store,
+    pub rollouts: kv::Store,
     /// Every cluster record, followed live (see [`view`]).
     pub cluster_view: view::ClusterView,
     /// Every `desired` entry, followed live (see [`desired_view`]).
@@ -56,6 +60,7 @@ impl Hub {
             requests: js.get_key_value(subject::REQUESTS_BUCKET).await?,
             request_clusters: js.get_key_value(subject::REQUEST_CLUSTERS_BUCKET).await?,
             chart_index: js.get_key_value(subject::CHART_INDEX_BUCKET).await?,
+            rollouts: js.get_key_value(subject::ROLLOUTS_BUCKET).await?,
             js,
         })
     }
@@ -89,7 +94,8 @@ pub async fn run(
     tokio::try_join!(
         request::run(hub.clone(), config.request_lanes, shutdown.clone()),
         fold::run(hub.clone(), shutdown.clone()),
-        registry::run(client, hub.clone(), shutdown.clone()),
+        registry::run(client.clone(), hub.clone(), shutdown.clone()),
+        rollout::run(client, hub.clone(), shutdown.clone()),
         keep_heartbeats_bucket(hub.js, shutdown),
     )?;
     Ok(())

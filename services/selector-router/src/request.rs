@@ -117,6 +117,12 @@ pub async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiEr
         }
     };
 
+    let sequence = message.info().ok().map(|i| i.stream_sequence);
+    if request.strategy.is_some() {
+        return crate::rollout::start(hub, &request, plan.chart, plan.clusters, sequence, status)
+            .await;
+    }
+
     // Per cluster its desired state, then its entry of the request; beside them the
     // request's summary; only then the commands: an edge can only answer a command whose
     // request status already exists to be updated. Everything before the commands runs at
@@ -125,12 +131,11 @@ pub async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiEr
         targets: plan.clusters.len(),
         ..RequestProgress::default()
     });
-    let sequence = message.info().ok().map(|i| i.stream_sequence);
     let per_cluster = futures::stream::iter(plan.clusters.iter().map(|cluster| {
         let chart = plan.chart.clone();
         let request = &request;
         async move {
-            let outcome = set_desired(hub, request, cluster, chart, sequence).await?;
+            let outcome = set_desired(hub, request, &cluster.name, chart, sequence).await?;
             match &outcome {
                 Desired::Set(desired) => create_cluster_entry(hub, &request.id, desired).await?,
                 Desired::Superseded(newer) => record_superseded(hub, &request.id, newer).await?,
@@ -161,7 +166,7 @@ pub async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiEr
 }
 
 /// What a request does to one cluster's desired state.
-enum Desired {
+pub(crate) enum Desired {
     /// Set (or already set by an earlier attempt at this request): send it.
     Set(DesiredRelease),
     /// A request published later already set it; this one changes nothing there.
@@ -169,7 +174,7 @@ enum Desired {
 }
 
 /// The cluster's entry of the request, final at once: a later request already decided.
-async fn record_superseded(
+pub(crate) async fn record_superseded(
     hub: &Hub,
     request_id: &str,
     newer: &DesiredRelease,
@@ -223,7 +228,7 @@ async fn count_superseded(
 
 /// The cluster's entry of the request, `pending` at the desired generation, unless an
 /// earlier attempt at this request made it already (progress folded into it is kept).
-async fn create_cluster_entry(
+pub(crate) async fn create_cluster_entry(
     hub: &Hub,
     request_id: &str,
     desired: &DesiredRelease,
@@ -245,7 +250,7 @@ const CONCURRENCY: usize = 128;
 /// Publishes one command per cluster, pipelined: up to [`CONCURRENCY`] wait for their
 /// store acknowledgement at once. `Nats-Msg-Id: <request>.<cluster>` makes a repeat after a
 /// crash a duplicate JetStream drops.
-async fn publish_commands(
+pub(crate) async fn publish_commands(
     hub: &Hub,
     request_id: &str,
     commands: &[DesiredRelease],
@@ -357,14 +362,14 @@ pub async fn matching_clusters(
 }
 
 /// Records the desired state of the release on `cluster` for this request, once.
-async fn set_desired(
+pub(crate) async fn set_desired(
     hub: &Hub,
     request: &ReleaseRequest,
-    cluster: &ClusterRecord,
+    cluster: &str,
     chart: Option<ChartPin>,
     sequence: Option<u64>,
 ) -> Result<Desired, ApiError> {
-    let key = subject::release_key(&cluster.name, &request.namespace, &request.release);
+    let key = subject::release_key(cluster, &request.namespace, &request.release);
     for attempt in 0..20 {
         // First try against the router's live copy; after a conflict, or to confirm a
         // repeat of this very request, read the hub's entry (the copy may lag behind).
@@ -395,7 +400,7 @@ async fn set_desired(
         }
         let desired = DesiredRelease {
             api_version: ApiVersion,
-            cluster: cluster.name.clone(),
+            cluster: cluster.to_owned(),
             namespace: request.namespace.clone(),
             release: request.release.clone(),
             generation: current.as_ref().map_or(1, |(d, _)| d.generation + 1),
@@ -424,7 +429,10 @@ async fn set_desired(
 
 /// Creates the request's summary, or merges into one a previous attempt wrote (keeping the
 /// progress already folded in).
-async fn merge_status(hub: &Hub, mut status: RequestStatus) -> Result<RequestStatus, ApiError> {
+pub(crate) async fn merge_status(
+    hub: &Hub,
+    mut status: RequestStatus,
+) -> Result<RequestStatus, ApiError> {
     let key = subject::token(&status.id);
     // Almost always the first attempt at this request: create without reading first.
     if write_if(&hub.requests, &key, &status, None).await? {

@@ -1,0 +1,398 @@
+//! Rollouts on the real test bed: waves, a failing wave that stops the rollout and puts
+//! back what it changed, pause and resume, and an unreachable site under `wait` and `skip`.
+//! Driven through the `optikon` CLI; what happened on each site is read with the real
+//! `helm history`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use optikon_core::rollout::{Rollout, RolloutState};
+use optikon_e2e::{
+    Output, eventually, helm, helm_chart, kube_client, optikon, testbed, wait_until_healthy,
+};
+use optikon_testbed::Testbed;
+
+/// Waves by the demo sites' own labels: copenhagen-1, then copenhagen-2, then the rest
+/// (copenhagen-3).
+const WAVES: [&str; 4] = ["--wave", "ID=123", "--wave", "ID=456"];
+
+/// Packages the chart in `dir/<name>` again under `version` (with the real `helm package`).
+fn package(
+    testbed: &Testbed,
+    dir: &std::path::Path,
+    name: &str,
+    version: &str,
+) -> anyhow::Result<String> {
+    let out = std::process::Command::new(testbed.tools().get("helm")?)
+        .current_dir(dir)
+        .args(["package", name, "--version", version])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "helm package: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(dir
+        .join(format!("{name}-{version}.tgz"))
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// `helm history` of a release on one site: (revision, status, description) per revision.
+fn history(
+    testbed: &Testbed,
+    site: &str,
+    release: &str,
+    namespace: &str,
+) -> anyhow::Result<Vec<(u32, String, String)>> {
+    let out = helm(
+        testbed,
+        site,
+        &["history", release, "-n", namespace, "-o", "json"],
+    )?
+    .ok()?;
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&out.stdout)?;
+    Ok(entries
+        .iter()
+        .map(|e| {
+            (
+                e["revision"].as_u64().unwrap_or(0) as u32,
+                e["status"].as_str().unwrap_or("").to_owned(),
+                e["description"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect())
+}
+
+/// The request id the CLI printed first (`request <id>: …`).
+fn request_id(out: &Output) -> anyhow::Result<String> {
+    out.stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("request ").and_then(|r| r.split(':').next()))
+        .map(str::to_owned)
+        .with_context(|| format!("no request id in:\n{}", out.stderr))
+}
+
+fn rollout(testbed: &Testbed, id: &str) -> anyhow::Result<Rollout> {
+    let out = optikon(testbed, &["rollout", "status", id, "-o", "json"])?.ok()?;
+    Ok(serde_json::from_str(&out.stdout)?)
+}
+
+/// Installs `release` from a fresh `helm create` chart at 0.1.0 on every site, all at once;
+/// returns the chart's directory for later versions.
+fn install_everywhere(
+    testbed: &Testbed,
+    dir: &std::path::Path,
+    release: &str,
+    namespace: &str,
+) -> anyhow::Result<()> {
+    let chart = helm_chart(testbed, dir, release, "0.1.0")?;
+    optikon(
+        testbed,
+        &[
+            "install",
+            release,
+            chart.to_str().unwrap(),
+            "-n",
+            namespace,
+            "--set",
+            "replicaCount=1",
+        ],
+    )?
+    .ok()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_wave_stops_the_rollout_and_rolls_back_what_it_changed() -> anyhow::Result<()> {
+    let testbed = testbed().await;
+    wait_until_healthy(&testbed).await?;
+    let (release, namespace) = ("ring", "rollouts");
+    let dir = tempfile::tempdir()?;
+    install_everywhere(&testbed, dir.path(), release, namespace)?;
+
+    // 0.2.0 adds a ConfigMap. On copenhagen-2 one of that name exists already, not made by
+    // helm: the upgrade fails there, as helm's would ("exists and cannot be imported").
+    std::fs::write(
+        dir.path().join(release).join("templates/extra.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-extra\ndata:\n  wave: \"2\"\n",
+    )?;
+    let v2 = package(&testbed, dir.path(), release, "0.2.0")?;
+    {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let client = kube_client(&testbed, "copenhagen-2").await?;
+        let maps: kube::Api<ConfigMap> = kube::Api::namespaced(client, namespace);
+        let squatter: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": format!("{release}-extra") },
+            "data": { "owner": "someone else" }
+        }))?;
+        maps.create(&Default::default(), &squatter).await?;
+    }
+
+    let mut args = vec!["upgrade", release, &v2, "-n", namespace];
+    args.extend(WAVES);
+    args.extend([
+        "--max-failures",
+        "1",
+        "--rollback-on-failure",
+        "--timeout",
+        "240",
+    ]);
+    let out = optikon(&testbed, &args)?;
+    assert_eq!(
+        out.code, 1,
+        "a rollout that stopped fails:\n{}\n{}",
+        out.stdout, out.stderr
+    );
+    assert!(
+        out.stderr.contains("wave 2/3"),
+        "progress names the wave:\n{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("rolled-back"), "{}", out.stderr);
+    let id = request_id(&out)?;
+    let record = rollout(&testbed, &id)?;
+    assert_eq!(record.state, RolloutState::RolledBack, "{record:?}");
+    assert!(
+        record
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("1 cluster(s) failed"),
+        "{record:?}"
+    );
+    assert_eq!(
+        record
+            .started
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["copenhagen-1", "copenhagen-2"]
+    );
+
+    // What helm itself says on each site: waves 1 and 2 upgraded (or tried to) and went
+    // back to revision 1; wave 3 was never touched.
+    let h1 = history(&testbed, "copenhagen-1", release, namespace)?;
+    assert_eq!(h1.len(), 3, "{h1:?}");
+    assert_eq!(
+        h1[1].1, "superseded",
+        "the upgrade deployed, then was replaced: {h1:?}"
+    );
+    assert_eq!(
+        (h1[2].1.as_str(), h1[2].2.as_str()),
+        ("deployed", "Rollback to 1"),
+        "{h1:?}"
+    );
+    let h2 = history(&testbed, "copenhagen-2", release, namespace)?;
+    let last = h2.last().context("copenhagen-2 has a history")?;
+    assert_eq!(
+        (last.1.as_str(), last.2.as_str()),
+        ("deployed", "Rollback to 1"),
+        "{h2:?}"
+    );
+    assert!(
+        h2.iter().all(|(_, status, _)| status != "pending-upgrade"),
+        "nothing is left half-applied: {h2:?}"
+    );
+    let h3 = history(&testbed, "copenhagen-3", release, namespace)?;
+    assert_eq!(h3.len(), 1, "wave 3 never started: {h3:?}");
+    assert_eq!(h3[0].1, "deployed", "{h3:?}");
+
+    // The request says the same per cluster: copenhagen-3 left out, with the reason.
+    let status = optikon(&testbed, &["rollout", "status", &id])?.ok()?;
+    let line = status
+        .stdout
+        .lines()
+        .find(|l| l.contains("copenhagen-3"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        line.contains("skipped") && line.contains("not started"),
+        "{}",
+        status.stdout
+    );
+
+    // Controls on a finished rollout are refused, naming its state.
+    let abort = optikon(&testbed, &["rollout", "abort", &id])?;
+    assert_eq!(abort.code, 2, "{}", abort.stderr);
+    assert!(
+        abort
+            .stderr
+            .contains("is rolled-back: it cannot be aborted"),
+        "{}",
+        abort.stderr
+    );
+    optikon(&testbed, &["uninstall", release, "-n", namespace])?.ok()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_rollout_starts_no_wave_until_resumed() -> anyhow::Result<()> {
+    let testbed = testbed().await;
+    wait_until_healthy(&testbed).await?;
+    let (release, namespace) = ("paused", "rollouts-pause");
+    let dir = tempfile::tempdir()?;
+    install_everywhere(&testbed, dir.path(), release, namespace)?;
+    let v2 = package(&testbed, dir.path(), release, "0.2.0")?;
+
+    // A soak long enough that the pause lands before wave 2 could start.
+    let mut args = vec![
+        "upgrade",
+        release,
+        &v2,
+        "-n",
+        namespace,
+        "--no-wait",
+        "--soak",
+        "10",
+    ];
+    args.extend(WAVES);
+    let out = optikon(&testbed, &args)?.ok()?;
+    let id = out.stdout.trim().to_owned();
+    // Once wave 1 is under way (a rollout paused before it starts anything starts nothing).
+    eventually("wave 1 started", Duration::from_secs(30), || async {
+        let started = optikon(&testbed, &["rollout", "status", &id, "-o", "json"])?;
+        Ok((started.code == 0
+            && !serde_json::from_str::<Rollout>(&started.stdout)?
+                .started
+                .is_empty())
+        .then_some(()))
+    })
+    .await?;
+    let paused = optikon(&testbed, &["rollout", "pause", &id])?.ok()?;
+    assert!(paused.stdout.contains("paused"), "{}", paused.stdout);
+
+    // Wave 1 finishes; past its soak time, nothing more starts.
+    eventually(
+        "wave 1 done on copenhagen-1",
+        Duration::from_secs(120),
+        || async {
+            Ok((history(&testbed, "copenhagen-1", release, namespace)?.len() == 2).then_some(()))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let record = rollout(&testbed, &id)?;
+    assert_eq!(record.state, RolloutState::Paused, "{record:?}");
+    assert_eq!(record.started.len(), 1, "only wave 1 started: {record:?}");
+    assert_eq!(
+        history(&testbed, "copenhagen-2", release, namespace)?.len(),
+        1
+    );
+
+    optikon(&testbed, &["rollout", "resume", &id])?.ok()?;
+    eventually(
+        "the rollout succeeded after resume",
+        Duration::from_secs(180),
+        || async { Ok((rollout(&testbed, &id)?.state == RolloutState::Succeeded).then_some(())) },
+    )
+    .await?;
+    for site in ["copenhagen-1", "copenhagen-2", "copenhagen-3"] {
+        let h = history(&testbed, site, release, namespace)?;
+        assert_eq!((h.len(), h[1].1.as_str()), (2, "deployed"), "{site}: {h:?}");
+    }
+    optikon(&testbed, &["uninstall", release, "-n", namespace])?.ok()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_site_is_waited_for_or_skipped_and_named() -> anyhow::Result<()> {
+    let mut testbed = testbed().await;
+    wait_until_healthy(&testbed).await?;
+    let (release, namespace) = ("offline", "rollouts-offline");
+    let dir = tempfile::tempdir()?;
+    install_everywhere(&testbed, dir.path(), release, namespace)?;
+    let v2 = package(&testbed, dir.path(), release, "0.2.0")?;
+    let v3 = package(&testbed, dir.path(), release, "0.3.0")?;
+
+    testbed.cut_link("copenhagen-3")?;
+    let outcome = async {
+        eventually(
+            "copenhagen-3 shown unreachable",
+            Duration::from_secs(90),
+            || async {
+                let out = optikon(&testbed, &["clusters"])?.ok()?;
+                Ok(out
+                    .stdout
+                    .lines()
+                    .any(|l| l.contains("copenhagen-3") && l.contains("unreachable"))
+                    .then_some(()))
+            },
+        )
+        .await?;
+
+        // skip: left out, never counted a success; exit 4 says so.
+        let mut args = vec![
+            "upgrade",
+            release,
+            &v2,
+            "-n",
+            namespace,
+            "--offline",
+            "skip",
+            "--timeout",
+            "120",
+        ];
+        args.extend(WAVES);
+        let skipped = optikon(&testbed, &args)?;
+        assert_eq!(skipped.code, 4, "{}\n{}", skipped.stdout, skipped.stderr);
+        let line = skipped
+            .stdout
+            .lines()
+            .find(|l| l.contains("copenhagen-3"))
+            .unwrap_or_default();
+        assert!(
+            line.contains("skipped") && line.contains("unreachable since"),
+            "{}",
+            skipped.stdout
+        );
+
+        // wait: sent, and the CLI names the site it waits for until it gives up (exit 4).
+        let mut args = vec![
+            "upgrade",
+            release,
+            &v3,
+            "-n",
+            namespace,
+            "--offline",
+            "wait",
+            "--timeout",
+            "30",
+        ];
+        args.extend(WAVES);
+        let waiting = optikon(&testbed, &args)?;
+        assert_eq!(waiting.code, 4, "{}\n{}", waiting.stdout, waiting.stderr);
+        assert!(
+            waiting
+                .stderr
+                .contains("waiting for copenhagen-3 (unreachable since"),
+            "the progress line names the site:\n{}",
+            waiting.stderr
+        );
+        assert!(
+            waiting
+                .stderr
+                .contains("waiting for unreachable: copenhagen-3"),
+            "{}",
+            waiting.stderr
+        );
+        request_id(&waiting)
+    }
+    .await;
+    testbed.restore_link("copenhagen-3")?;
+    let id = outcome?;
+
+    // Back online, it catches up and the rollout finishes.
+    eventually(
+        "the waiting rollout succeeded",
+        Duration::from_secs(180),
+        || async { Ok((rollout(&testbed, &id)?.state == RolloutState::Succeeded).then_some(())) },
+    )
+    .await?;
+    let h3 = history(&testbed, "copenhagen-3", release, namespace)?;
+    assert_eq!(h3.len(), 2, "skipped 0.2.0, then 0.3.0 once back: {h3:?}");
+    let h1 = history(&testbed, "copenhagen-1", release, namespace)?;
+    assert_eq!(h1.len(), 3, "{h1:?}");
+    optikon(&testbed, &["uninstall", release, "-n", namespace])?.ok()?;
+    Ok(())
+}
