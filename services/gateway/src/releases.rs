@@ -18,6 +18,7 @@ use optikon_core::message::{
     Action, ApiError, ChartRef, ClusterProgress, ErrorCode, ReleaseRequest, ReleaseState,
     ReleaseStatus, RequestStatus, Timestamp,
 };
+use optikon_core::rollout::{ControlAction, Rollout, RolloutStrategy};
 use optikon_core::selector::LabelSelector;
 use optikon_core::values;
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,8 @@ pub fn routes() -> Routes<Gateway> {
         .delete("/api/v1/releases/{namespace}/{release}", uninstall)
         .post("/api/v1/releases/{namespace}/{release}/rollback", rollback)
         .get("/api/v1/requests/{id}", request)
+        .get("/api/v1/rollouts/{id}", rollout)
+        .post("/api/v1/rollouts/{id}/{action}", control_rollout)
 }
 
 /// Which chart to run: `{"name", "version"}`, `{"name"}` (its newest version) or
@@ -62,6 +65,9 @@ pub struct InstallBody {
     /// Undo it on a cluster where it fails (helm's `--atomic`).
     #[serde(default)]
     pub atomic: bool,
+    /// Reach the clusters in waves behind a health gate (docs/rollouts.md).
+    #[serde(default)]
+    pub strategy: Option<RolloutStrategy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +80,9 @@ pub struct UpgradeBody {
     /// Undo it on a cluster where it fails (helm's `--atomic`).
     #[serde(default)]
     pub atomic: bool,
+    /// Reach the clusters in waves behind a health gate (docs/rollouts.md).
+    #[serde(default)]
+    pub strategy: Option<RolloutStrategy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +92,9 @@ pub struct RollbackBody {
     /// The Helm revision to return to; absent or 0: the one before the current.
     #[serde(default)]
     pub revision: Option<u32>,
+    /// Reach the clusters in waves behind a health gate (docs/rollouts.md).
+    #[serde(default)]
+    pub strategy: Option<RolloutStrategy>,
 }
 
 /// `?wait=false` returns as soon as the hub has accepted the request; `?timeout=SECONDS`
@@ -471,6 +483,7 @@ async fn install(
     );
     request.chart = Some(chart);
     request.atomic = body.atomic;
+    request.strategy = checked_strategy(body.strategy, request.action)?;
     values.fill(&mut request);
     Ok(respond(carry_out(&gateway.client, &request, wait).await?))
 }
@@ -489,6 +502,7 @@ async fn upgrade(
     let mut request = Client::new_request(Action::Upgrade, &release, &namespace, &body.selector);
     request.chart = Some(chart);
     request.atomic = body.atomic;
+    request.strategy = checked_strategy(body.strategy, request.action)?;
     values.fill(&mut request);
     Ok(respond(carry_out(&gateway.client, &request, wait).await?))
 }
@@ -504,6 +518,7 @@ async fn rollback(
     require_release(&gateway.client, &release, &namespace, &selector).await?;
     let mut request = Client::new_request(Action::Rollback, &release, &namespace, &body.selector);
     request.revision = body.revision.filter(|r| *r > 0);
+    request.strategy = checked_strategy(body.strategy, request.action)?;
     Ok(respond(carry_out(&gateway.client, &request, wait).await?))
 }
 
@@ -578,17 +593,7 @@ async fn request(
     State(gateway): State<Gateway>,
     Path(id): Path<String>,
 ) -> Result<Json<RequestResult>, HttpError> {
-    let plain = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !plain {
-        return Err(HttpError::bad(
-            ErrorCode::InvalidRequest,
-            format!("request id {id:?} must be 1-128 letters, digits, '-' or '_'"),
-        ));
-    }
+    check_request_id(&id)?;
     match gateway.client.request_status(&id).await? {
         Some(status) => Ok(Json(RequestResult::from_status(&status))),
         None => Err(HttpError::new(
@@ -597,6 +602,69 @@ async fn request(
             format!("no request with id {id:?} (requests are kept 30 days)"),
         )),
     }
+}
+
+/// A strategy, checked before anything is published.
+fn checked_strategy(
+    strategy: Option<RolloutStrategy>,
+    action: Action,
+) -> Result<Option<RolloutStrategy>, HttpError> {
+    if let Some(strategy) = &strategy {
+        strategy.check(action)?;
+    }
+    Ok(strategy)
+}
+
+fn check_request_id(id: &str) -> Result<(), HttpError> {
+    let plain = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if plain {
+        Ok(())
+    } else {
+        Err(HttpError::bad(
+            ErrorCode::InvalidRequest,
+            format!("request id {id:?} must be 1-128 letters, digits, '-' or '_'"),
+        ))
+    }
+}
+
+/// `GET /api/v1/rollouts/{id}`: a rollout's waves, state and what it waits for.
+async fn rollout(
+    State(gateway): State<Gateway>,
+    Path(id): Path<String>,
+) -> Result<Json<Rollout>, HttpError> {
+    check_request_id(&id)?;
+    match gateway.client.rollout(&id).await? {
+        Some(rollout) => Ok(Json(rollout)),
+        None => Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            "rollout_not_found",
+            format!("no rollout {id:?}: only a request with a strategy has one"),
+        )),
+    }
+}
+
+/// `POST /api/v1/rollouts/{id}/pause|resume|abort`.
+async fn control_rollout(
+    State(gateway): State<Gateway>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<Rollout>, HttpError> {
+    check_request_id(&id)?;
+    let action = match action.as_str() {
+        "pause" => ControlAction::Pause,
+        "resume" => ControlAction::Resume,
+        "abort" => ControlAction::Abort,
+        other => {
+            return Err(HttpError::bad(
+                ErrorCode::InvalidRequest,
+                format!("{other:?} is not a rollout control: use pause, resume or abort"),
+            ));
+        }
+    };
+    Ok(Json(gateway.client.control_rollout(&id, action).await?))
 }
 
 #[cfg(test)]

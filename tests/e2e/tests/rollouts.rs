@@ -280,7 +280,38 @@ async fn a_paused_rollout_starts_no_wave_until_resumed() -> anyhow::Result<()> {
         1
     );
 
-    optikon(&testbed, &["rollout", "resume", &id])?.ok()?;
+    // Through the HTTP API, as the page does: read it, refuse a control that does not
+    // exist, resume it.
+    let base = testbed
+        .gateway_url()
+        .context("the test bed runs no gateway")?
+        .trim_end_matches('/')
+        .to_owned();
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let shown: serde_json::Value = http
+        .get(format!("{base}/api/v1/rollouts/{id}"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(shown["state"], "paused", "{shown}");
+    let bad = http
+        .post(format!("{base}/api/v1/rollouts/{id}/restart"))
+        .header("content-type", "application/json")
+        .send()
+        .await?;
+    assert_eq!(bad.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert!(bad.text().await?.contains("use pause, resume or abort"));
+    let resumed: serde_json::Value = http
+        .post(format!("{base}/api/v1/rollouts/{id}/resume"))
+        .header("content-type", "application/json")
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(resumed["state"], "running", "{resumed}");
     eventually(
         "the rollout succeeded after resume",
         Duration::from_secs(180),
