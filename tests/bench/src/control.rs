@@ -104,7 +104,7 @@ pub fn run(
 }
 
 /// `optikon-sim-edges`, built beside this program.
-fn sim_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn sim_binary() -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?
         .parent()
         .context("the benchmark's own directory")?
@@ -117,7 +117,7 @@ fn sim_binary() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn start_bed(leaves: usize) -> anyhow::Result<Testbed> {
+pub(crate) fn start_bed(leaves: usize) -> anyhow::Result<Testbed> {
     let dir = std::env::temp_dir().join(format!(
         "optikon-bench-control-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -213,44 +213,7 @@ async fn measure(
 
     // The agents: one process per leaf node, an even share of the clusters each.
     let started = Instant::now();
-    let mut agents = Vec::new();
-    let per_leaf = clusters.div_ceil(testbed.edges.len());
-    for (k, edge) in testbed.edges.iter().enumerate() {
-        let first = k * per_leaf;
-        let count = per_leaf.min(clusters.saturating_sub(first));
-        if count == 0 {
-            continue;
-        }
-        let log = testbed.dir().join(format!("sim-{}.log", edge.site.name));
-        let log = std::fs::File::create(log)?;
-        let mut child = tokio::process::Command::new(agents_binary)
-            .args(["--nats-url", &edge.nats_url(), "--domain", &edge.site.name])
-            .args(["--first", &first.to_string(), "--count", &count.to_string()])
-            .args(["--heartbeat-seconds", &plan.heartbeat_seconds.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("start optikon-sim-edges")?;
-        let stdout = child.stdout.take().context("agent stdout")?;
-        agents.push((
-            edge.site.name.clone(),
-            child,
-            tokio::io::BufReader::new(stdout).lines(),
-        ));
-    }
-    for (leaf, _, lines) in &mut agents {
-        let line = tokio::time::timeout(Duration::from_secs(1800), lines.next_line())
-            .await
-            .with_context(|| format!("agents behind {leaf} not ready after 30 minutes"))??;
-        if !line.as_deref().is_some_and(|l| l.starts_with("ready")) {
-            let log = testbed.dir().join(format!("sim-{leaf}.log"));
-            anyhow::bail!(
-                "the agents behind {leaf} stopped before they were ready; their log ends:\n{}",
-                optikon_testbed::process::log_tail(&log)
-            );
-        }
-    }
+    let mut agents = start_agents(testbed, agents_binary, clusters, plan.heartbeat_seconds).await?;
     wait_heartbeating(&client, clusters).await?;
     result.setup_seconds = started.elapsed().as_secs_f64();
     eprintln!(
@@ -368,6 +331,62 @@ async fn measure(
     Ok(result)
 }
 
+/// One `optikon-sim-edges` process per leaf node: (leaf, process, its stdout lines).
+pub(crate) type Agents = Vec<(
+    String,
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+)>;
+
+/// Starts the simulated agents, an even share of `clusters` behind each leaf node, and
+/// waits until each process says it is ready (every cluster set up and registered).
+pub(crate) async fn start_agents(
+    testbed: &Testbed,
+    agents_binary: &PathBuf,
+    clusters: usize,
+    heartbeat_seconds: u64,
+) -> anyhow::Result<Agents> {
+    let mut agents = Vec::new();
+    let per_leaf = clusters.div_ceil(testbed.edges.len());
+    for (k, edge) in testbed.edges.iter().enumerate() {
+        let first = k * per_leaf;
+        let count = per_leaf.min(clusters.saturating_sub(first));
+        if count == 0 {
+            continue;
+        }
+        let log = testbed.dir().join(format!("sim-{}.log", edge.site.name));
+        let log = std::fs::File::create(log)?;
+        let mut child = tokio::process::Command::new(agents_binary)
+            .args(["--nats-url", &edge.nats_url(), "--domain", &edge.site.name])
+            .args(["--first", &first.to_string(), "--count", &count.to_string()])
+            .args(["--heartbeat-seconds", &heartbeat_seconds.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("start optikon-sim-edges")?;
+        let stdout = child.stdout.take().context("agent stdout")?;
+        agents.push((
+            edge.site.name.clone(),
+            child,
+            tokio::io::BufReader::new(stdout).lines(),
+        ));
+    }
+    for (leaf, _, lines) in &mut agents {
+        let line = tokio::time::timeout(Duration::from_secs(1800), lines.next_line())
+            .await
+            .with_context(|| format!("agents behind {leaf} not ready after 30 minutes"))??;
+        if !line.as_deref().is_some_and(|l| l.starts_with("ready")) {
+            let log = testbed.dir().join(format!("sim-{leaf}.log"));
+            anyhow::bail!(
+                "the agents behind {leaf} stopped before they were ready; their log ends:\n{}",
+                optikon_testbed::process::log_tail(&log)
+            );
+        }
+    }
+    Ok(agents)
+}
+
 /// Restarts the router with `lanes` request lanes (`None`: its default), and waits until its
 /// views have caught up with the hub (a restarted router reads the registry first).
 async fn restart_router(testbed: &mut Testbed, lanes: Option<usize>) -> anyhow::Result<()> {
@@ -424,7 +443,12 @@ async fn single_requests(
     Ok(started.elapsed().as_secs_f64())
 }
 
-fn chart_request(action: Action, release: &str, selector: &str, rep: usize) -> ReleaseRequest {
+pub(crate) fn chart_request(
+    action: Action,
+    release: &str,
+    selector: &str,
+    rep: usize,
+) -> ReleaseRequest {
     let mut request = Client::new_request(action, release, NAMESPACE, selector);
     request.chart = Some(ChartRef::NameVersion {
         name: CHART_NAME.into(),
@@ -435,7 +459,7 @@ fn chart_request(action: Action, release: &str, selector: &str, rep: usize) -> R
 }
 
 /// Waits until the hub's registry holds every cluster, each with a heartbeat.
-async fn wait_heartbeating(client: &Client, clusters: usize) -> anyhow::Result<()> {
+pub(crate) async fn wait_heartbeating(client: &Client, clusters: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let records = client.clusters().await?;
@@ -457,7 +481,7 @@ async fn wait_heartbeating(client: &Client, clusters: usize) -> anyhow::Result<(
 
 /// Publishes one request and follows its record until every cluster is acknowledged:
 /// (seconds to all, seconds to each cluster).
-async fn fan_out(
+pub(crate) async fn fan_out(
     client: &Client,
     request: &ReleaseRequest,
     clusters: usize,

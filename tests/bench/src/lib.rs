@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod logs;
 pub mod machine;
 pub mod report;
+pub mod rollout;
 pub mod scaling;
 pub mod sim;
 pub mod stats;
@@ -90,6 +91,8 @@ pub enum Part {
     ControlPlane,
     Drift,
     Dns,
+    /// A 10-wave rollout across 1,000 simulated sites (part 7).
+    Rollout,
 }
 
 /// What one run is set to do.
@@ -122,6 +125,7 @@ impl Plan {
                 Part::ControlPlane,
                 Part::Drift,
                 Part::Dns,
+                Part::Rollout,
             ]
         } else {
             args.parts.clone()
@@ -215,6 +219,21 @@ pub fn main(args: Args) -> anyhow::Result<()> {
         );
         let rounds = if args.quick { 1 } else { 3 };
         results.dns = Some(dns::run(&runtime, plan.dns_sites, rounds)?);
+    }
+    if plan.parts.contains(&Part::Rollout) {
+        let sites = 1000;
+        eprintln!(
+            "== part 7: a {}-wave rollout across {sites} simulated sites",
+            rollout::WAVES
+        );
+        let reps = if args.quick { 1 } else { 3 };
+        results.rollout = Some(rollout::run(
+            &runtime,
+            sites,
+            plan.control.leaves,
+            plan.control.heartbeat_seconds,
+            reps,
+        )?);
     }
     results.total_seconds = started.elapsed().as_secs_f64();
     let text = report::markdown(&results);

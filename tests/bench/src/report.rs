@@ -30,6 +30,7 @@ pub struct Results {
     pub control: Vec<ScaleResult>,
     pub drift: Option<crate::drift::DriftResult>,
     pub dns: Option<crate::dns::DnsResult>,
+    pub rollout: Option<crate::rollout::RolloutResult>,
 }
 
 impl Default for Results {
@@ -69,6 +70,7 @@ impl Default for Results {
             control: Vec::new(),
             drift: None,
             dns: None,
+            rollout: None,
         }
     }
 }
@@ -283,6 +285,27 @@ pub fn markdown(r: &Results) -> String {
             d.window_seconds
         );
         let _ = writeln!(out, "{}", crate::dns::table(d).render());
+    }
+    if let Some(r) = &r.rollout {
+        let _ = writeln!(
+            out,
+            "## 7. A {}-wave rollout across {} simulated sites\n",
+            crate::rollout::WAVES,
+            thousands(r.clusters)
+        );
+        let _ = writeln!(
+            out,
+            "Part 4's test bed ({} leaf nodes, `optikon-sim-edges` answering every command with \
+             `deployed`), with the clusters' `ring` label spread 0–9. Three upgrades take \
+             turns, the order alternating per round: every cluster at once; one ring's clusters \
+             at once (one wave's work without a gate); and every cluster in {} waves \
+             (`--wave ring=0` … `--wave ring=8`, the rest last), no soak. The gate's overhead per \
+             wave is a tenth of the rollout's time minus one wave's work; each wave's own time \
+             is read by polling the rollout record every 50 ms:\n",
+            r.leaves,
+            crate::rollout::WAVES
+        );
+        let _ = writeln!(out, "{}", crate::rollout::table(r).render());
     }
     out
 }
