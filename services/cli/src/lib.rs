@@ -141,6 +141,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 r.release == args.release
                     && args.namespace.as_ref().is_none_or(|n| &r.namespace == n)
             });
+            let desired = client
+                .desired(&args.release, args.namespace.as_deref())
+                .await
+                .map_err(classify)?;
+            let clusters = client.clusters_by_name().await.map_err(classify)?;
+            // A change not answered yet replaces the row of what the cluster last said.
+            let pending = not_answered(&releases, &desired, &clusters);
+            releases.retain(|r| {
+                !pending
+                    .iter()
+                    .any(|p| p.cluster == r.cluster && p.namespace == r.namespace)
+            });
+            releases.extend(pending);
+            releases.sort_by(|a, b| (&a.namespace, &a.cluster).cmp(&(&b.namespace, &b.cluster)));
             if releases.is_empty() {
                 eprintln!("release {:?} is not known on any cluster", args.release);
                 return Ok(EXIT_FAILED);
@@ -374,20 +388,38 @@ async fn follow(client: &Client, request: ReleaseRequest, wait: &WaitArgs) -> an
         return follow_rollout(client, request, wait).await;
     }
     let mut last_line = String::new();
-    let result = client
-        .run_request(
-            &request,
-            std::time::Duration::from_secs(wait.timeout),
-            |status| {
-                let (done, failed, total) = status.tally();
-                let line = format!("{done}/{total} clusters done, {failed} failed");
-                if line != last_line {
-                    eprintln!("{line}");
-                    last_line = line;
+    let run = client.run_request(
+        &request,
+        std::time::Duration::from_secs(wait.timeout),
+        |status| {
+            let (done, failed, total) = status.tally();
+            let line = format!("{done}/{total} clusters done, {failed} failed");
+            if line != last_line {
+                eprintln!("{line}");
+                last_line = line;
+            }
+        },
+    );
+    tokio::pin!(run);
+    // Every few seconds while it runs: which clusters it still waits for, and which of them
+    // are unreachable (a cut-off site would otherwise look like a silent wait).
+    let mut notes = tokio::time::interval(NOTE_EVERY);
+    notes.tick().await;
+    let mut last_note = String::new();
+    let result = loop {
+        tokio::select! {
+            result = &mut run => break result,
+            _ = notes.tick() => {
+                if let Ok(waiting) = waiting(client, &request.id).await {
+                    let note = waiting.note();
+                    if !note.is_empty() && note != last_note {
+                        eprintln!("{note}");
+                        last_note = note;
+                    }
                 }
-            },
-        )
-        .await;
+            }
+        }
+    };
     match result {
         Ok(status) => Ok(finish(&status)),
         Err(ClientError::Refused(error)) => {
@@ -402,34 +434,84 @@ async fn follow(client: &Client, request: ReleaseRequest, wait: &WaitArgs) -> an
     }
 }
 
-/// After a timeout: names the clusters still waited for, and which of them are
-/// unreachable; [`EXIT_OFFLINE`] when only unreachable ones are left, else [`EXIT_TIMEOUT`].
-async fn timed_out(client: &Client, id: &str) -> anyhow::Result<i32> {
+/// How often a request still running says what it waits for.
+const NOTE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// Clusters named in one line; the rest are counted.
+const NAMES_SHOWN: usize = 8;
+
+/// The clusters a request still waits for: busy ones, and unreachable ones with their last
+/// heartbeat (`None`: never heard from).
+struct Waiting {
+    busy: Vec<String>,
+    offline: Vec<(String, Option<Timestamp>)>,
+}
+
+impl Waiting {
+    /// `waiting for a, b; unreachable: c (since …)`, or empty when nothing is waited for.
+    fn note(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.busy.is_empty() {
+            parts.push(format!("waiting for {}", names(self.busy.iter().cloned())));
+        }
+        if !self.offline.is_empty() {
+            let offline = self.offline.iter().map(|(c, since)| match since {
+                Some(t) => format!("{c} (since {t})"),
+                None => format!("{c} (never heard from)"),
+            });
+            parts.push(format!(
+                "unreachable, the change waits at the hub for: {}",
+                names(offline)
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Up to [`NAMES_SHOWN`] names, then how many more.
+fn names(all: impl Iterator<Item = String>) -> String {
+    let all: Vec<String> = all.collect();
+    let shown = all[..all.len().min(NAMES_SHOWN)].join(", ");
+    match all.len().saturating_sub(NAMES_SHOWN) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
+async fn waiting(client: &Client, id: &str) -> anyhow::Result<Waiting> {
     let status = client.request_status(id).await.map_err(classify)?;
     let clusters = client.clusters_by_name().await.map_err(classify)?;
     let now = Timestamp::now();
-    let waiting: Vec<String> = status
-        .map(|s| s.clusters)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(_, p)| !p.state.is_final())
-        .map(|(c, _)| c)
-        .collect();
-    let (offline, busy): (Vec<String>, Vec<String>) = waiting.into_iter().partition(|c| {
-        clusters
-            .get(c)
-            .is_none_or(|r| matches!(r.health(now), Health::Unreachable | Health::Unknown))
-    });
-    if !busy.is_empty() {
-        eprintln!("still working: {}", busy.join(", "));
+    let mut waiting = Waiting {
+        busy: Vec::new(),
+        offline: Vec::new(),
+    };
+    for (cluster, progress) in status.map(|s| s.clusters).unwrap_or_default() {
+        if progress.state.is_final() || progress.state == ReleaseState::Queued {
+            continue;
+        }
+        match clusters.get(&cluster) {
+            Some(record)
+                if !matches!(record.health(now), Health::Unreachable | Health::Unknown) =>
+            {
+                waiting.busy.push(cluster)
+            }
+            record => waiting
+                .offline
+                .push((cluster, record.and_then(|r| r.last_seen()))),
+        }
     }
-    if !offline.is_empty() {
-        eprintln!(
-            "waiting for unreachable: {} (the change waits at the hub and is applied when they are back)",
-            offline.join(", ")
-        );
+    Ok(waiting)
+}
+
+/// After a timeout: names the clusters still waited for, and which of them are
+/// unreachable; [`EXIT_OFFLINE`] when only unreachable ones are left, else [`EXIT_TIMEOUT`].
+async fn timed_out(client: &Client, id: &str) -> anyhow::Result<i32> {
+    let waiting = waiting(client, id).await?;
+    let note = waiting.note();
+    if !note.is_empty() {
+        eprintln!("{note}");
     }
-    Ok(if busy.is_empty() && !offline.is_empty() {
+    Ok(if waiting.busy.is_empty() && !waiting.offline.is_empty() {
         EXIT_OFFLINE
     } else {
         EXIT_TIMEOUT
@@ -591,6 +673,58 @@ fn ago(then: Timestamp, now: Timestamp) -> String {
         60..3600 => format!("{}m ago", secs / 60),
         _ => format!("{}h ago", secs / 3600),
     }
+}
+
+/// A row for each cluster whose desired state asks for a change it has not answered yet
+/// (no status of that generation): `pending`, saying whether the site is unreachable.
+fn not_answered(
+    releases: &[ReleaseStatus],
+    desired: &[optikon_core::message::DesiredRelease],
+    clusters: &BTreeMap<String, ClusterRecord>,
+) -> Vec<ReleaseStatus> {
+    let now = Timestamp::now();
+    desired
+        .iter()
+        .filter(|d| {
+            !releases.iter().any(|r| {
+                r.cluster == d.cluster && r.namespace == d.namespace && r.generation >= d.generation
+            })
+        })
+        .map(|d| {
+            let record = clusters.get(&d.cluster);
+            let reason = match record.map(|r| (r.health(now), r.last_seen())) {
+                Some((Health::Unreachable, Some(since))) => format!(
+                    "{} waits at the hub for the site: unreachable since {since}",
+                    d.action
+                ),
+                Some((Health::Unreachable | Health::Unknown, _)) | None => {
+                    format!(
+                        "{} waits at the hub for the site: never heard from",
+                        d.action
+                    )
+                }
+                Some(_) => format!("{} sent, not answered yet", d.action),
+            };
+            let current = releases
+                .iter()
+                .find(|r| r.cluster == d.cluster && r.namespace == d.namespace);
+            ReleaseStatus {
+                api_version: optikon_core::message::ApiVersion,
+                cluster: d.cluster.clone(),
+                namespace: d.namespace.clone(),
+                release: d.release.clone(),
+                generation: d.generation,
+                request_id: d.request_id.clone(),
+                action: d.action,
+                state: ReleaseState::Pending,
+                revision: current.and_then(|r| r.revision),
+                chart: current.and_then(|r| r.chart.clone()),
+                reason: Some(reason),
+                first_deployed: None,
+                at: d.requested_at,
+            }
+        })
+        .collect()
 }
 
 fn release_table(releases: &[ReleaseStatus], with_reason: bool) -> Table {

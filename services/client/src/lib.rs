@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures::{Stream, StreamExt};
 use optikon_core::message::{
-    ApiError, ApiVersion, ChartIndexEntry, ClusterProgress, ClusterRecord, Heartbeat,
-    ReleaseRequest, ReleaseStatus, Reply, RequestStatus, decode,
+    ApiError, ApiVersion, ChartIndexEntry, ClusterProgress, ClusterRecord, DesiredRelease,
+    Heartbeat, ReleaseRequest, ReleaseStatus, Reply, RequestStatus, decode,
 };
 use optikon_core::rollout::{ControlAction, Rollout, RolloutControl};
 use optikon_core::{names, subject};
@@ -232,6 +232,28 @@ impl Client {
             (&a.release, &a.namespace, &a.cluster).cmp(&(&b.release, &b.namespace, &b.cluster))
         });
         Ok(releases)
+    }
+
+    /// Desired state of `release` on every cluster it is meant for (`namespace`: only that
+    /// one), as the router last set it.
+    pub async fn desired(
+        &self,
+        release: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<DesiredRelease>, ClientError> {
+        let filter = format!(
+            "*.{}.{}",
+            namespace.map_or("*".to_owned(), subject::token),
+            subject::token(release)
+        );
+        let entries =
+            optikon_runtime::kv::latest_values(&self.js, subject::DESIRED_BUCKET, &filter)
+                .await
+                .map_err(ClientError::Nats)?;
+        entries
+            .into_iter()
+            .map(|(_, value)| decode("desired state", &value).map_err(ClientError::Refused))
+            .collect()
     }
 
     /// A request's status with every target cluster's progress (the summary from

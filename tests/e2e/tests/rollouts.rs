@@ -403,9 +403,47 @@ async fn an_unreachable_site_is_waited_for_or_skipped_and_named() -> anyhow::Res
         assert!(
             waiting
                 .stderr
-                .contains("waiting for unreachable: copenhagen-3"),
+                .contains("unreachable, the change waits at the hub for: copenhagen-3 (since"),
             "{}",
             waiting.stderr
+        );
+        // `optikon status` lists the site, with what waits for it.
+        let status = optikon(&testbed, &["status", release, "-n", namespace])?.ok()?;
+        let line = status
+            .stdout
+            .lines()
+            .find(|l| l.contains("copenhagen-3"))
+            .unwrap_or_default();
+        assert!(
+            line.contains("pending")
+                && line.contains("waits at the hub for the site: unreachable since"),
+            "{}",
+            status.stdout
+        );
+
+        // A plain request (no strategy) says so too, and exits 4 on its timeout.
+        let chart = dir.path().join(format!("{release}-0.1.0.tgz"));
+        let plain = optikon(
+            &testbed,
+            &[
+                "install",
+                "offline-plain",
+                chart.to_str().unwrap(),
+                "-n",
+                namespace,
+                "-l",
+                "ID=789",
+                "--timeout",
+                "12",
+            ],
+        )?;
+        assert_eq!(plain.code, 4, "{}\n{}", plain.stdout, plain.stderr);
+        assert!(
+            plain
+                .stderr
+                .contains("unreachable, the change waits at the hub for: copenhagen-3 (since"),
+            "{}",
+            plain.stderr
         );
         request_id(&waiting)
     }
@@ -424,6 +462,31 @@ async fn an_unreachable_site_is_waited_for_or_skipped_and_named() -> anyhow::Res
     assert_eq!(h3.len(), 2, "skipped 0.2.0, then 0.3.0 once back: {h3:?}");
     let h1 = history(&testbed, "copenhagen-1", release, namespace)?;
     assert_eq!(h1.len(), 3, "{h1:?}");
+    eventually(
+        "the plain install done once the site is back",
+        Duration::from_secs(120),
+        || async {
+            let h = helm(
+                &testbed,
+                "copenhagen-3",
+                &["history", "offline-plain", "-n", namespace],
+            )?;
+            Ok((h.code == 0).then_some(()))
+        },
+    )
+    .await?;
+    optikon(
+        &testbed,
+        &[
+            "uninstall",
+            "offline-plain",
+            "-n",
+            namespace,
+            "-l",
+            "ID=789",
+        ],
+    )?
+    .ok()?;
     optikon(&testbed, &["uninstall", release, "-n", namespace])?.ok()?;
     Ok(())
 }
