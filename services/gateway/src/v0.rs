@@ -68,7 +68,8 @@ pub struct V0Cluster {
 pub struct V0Metadata {
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    /// `NumPods` (as the original page reads it) plus `Health`, `KubernetesVersion`,
+    /// `NumPods` and `Lat`/`Long` (as the original page reads them; the position from the
+    /// `lat`/`long` labels, in signed degrees) plus `Health`, `KubernetesVersion`,
     /// `LastSeen`; all strings, as annotations are.
     pub annotations: BTreeMap<String, String>,
     pub creation_timestamp: Timestamp,
@@ -90,6 +91,12 @@ impl V0Cluster {
         }
         if let Some(at) = record.last_seen() {
             annotations.insert("LastSeen".to_owned(), at.to_string());
+        }
+        // The original page's map reads `Lat`/`Long` as signed decimal degrees; Optikon keeps
+        // a site's position in its `lat`/`long` labels (docs/dns.md).
+        if let Ok(Some(at)) = optikon_core::proximity::Location::from_labels(&record.labels) {
+            annotations.insert("Lat".to_owned(), at.lat.to_string());
+            annotations.insert("Long".to_owned(), at.long.to_string());
         }
         V0Cluster {
             kind: "Cluster",
@@ -478,5 +485,27 @@ mod tests {
         assert_eq!(json["Info"]["Deleted"], "");
         assert_eq!(json["Info"]["Status"]["Code"], "DEPLOYED");
         assert_eq!(json["Info"]["Description"], "Upgrade complete");
+    }
+
+    #[test]
+    fn clusters_carry_their_position_as_the_original_map_reads_it() {
+        let record = |labels: &[(&str, &str)]| ClusterRecord {
+            api_version: ApiVersion,
+            name: "lisbon-1".into(),
+            domain: "lisbon-1".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            registered_at: Timestamp::now(),
+            last_heartbeat: None,
+        };
+        let placed = record(&[("lat", "38.72N"), ("long", "9.14W")]);
+        let json = serde_json::to_value(V0Cluster::new(&placed, Timestamp::now())).unwrap();
+        assert_eq!(json["metadata"]["annotations"]["Lat"], "38.72");
+        assert_eq!(json["metadata"]["annotations"]["Long"], "-9.14");
+        let unplaced = record(&[("Region", "Europe")]);
+        let json = serde_json::to_value(V0Cluster::new(&unplaced, Timestamp::now())).unwrap();
+        assert!(json["metadata"]["annotations"].get("Lat").is_none());
     }
 }
