@@ -45,9 +45,24 @@ pub enum Command {
     /// Check label selectors without any cluster.
     #[command(subcommand)]
     Selector(SelectorCommand),
+    /// Show the values each cluster's release gets: the request's own, overlays, and
+    /// `{{ .Cluster.Labels.KEY }}` rendered for that cluster.
+    Values(ValuesArgs),
     /// Show, pause, resume or abort a rollout (a request with waves or limits).
     #[command(subcommand)]
     Rollout(RolloutCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ValuesArgs {
+    pub release: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Only this cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +177,10 @@ pub struct ApplyArgs {
     /// Set a literal string value: `key=a,b` keeps the comma.
     #[arg(long)]
     pub set_literal: Vec<String>,
+    /// A values file only for the clusters a selector matches, after the -f files:
+    /// `SELECTOR:FILE` (e.g. `Region=Europe:europe.yaml`), repeated in order.
+    #[arg(long, value_name = "SELECTOR:FILE")]
+    pub overlay: Vec<String>,
     /// On a cluster where it fails, undo it there, as helm's --atomic: an upgrade is rolled
     /// back to the last successful revision, an install is uninstalled.
     #[arg(long)]

@@ -21,6 +21,7 @@ use crate::args::{
     StrategyArgs, WaitArgs,
 };
 use crate::output::{Table, print};
+use optikon_core::cluster_values::Overlay;
 use optikon_core::message::Health;
 use optikon_core::rollout::{
     Amount, ControlAction, OfflinePolicy, Rollout, RolloutState, RolloutStrategy,
@@ -215,6 +216,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             0
         }
         Command::Rollout(command) => rollout_command(&client, command).await?,
+        Command::Values(args) => show_values(&client, args).await?,
         Command::Selector(_) => unreachable!("handled before connecting"),
     };
     nats.drain().await?;
@@ -341,6 +343,7 @@ async fn apply(client: &Client, action: Action, args: ApplyArgs) -> anyhow::Resu
     request.strategy = strategy_of(&args.strategy)?;
     check_request(&request)?;
     request.helm_values = collect_values(&args)?;
+    request.overlays = collect_overlays(&args.overlay)?;
     let chart = if std::path::Path::new(&args.chart).is_file() {
         let entry = push_file(client, std::path::Path::new(&args.chart), false).await?;
         eprintln!(
@@ -802,6 +805,101 @@ fn collect_values(args: &ApplyArgs) -> anyhow::Result<HelmValues> {
     }
     collected.check().map_err(|e| bad_input(e.to_string()))?;
     Ok(collected)
+}
+
+/// `--overlay SELECTOR:FILE` flags, files read here (a selector has no `:`).
+fn collect_overlays(flags: &[String]) -> anyhow::Result<Vec<Overlay>> {
+    let mut overlays: Vec<Overlay> = Vec::new();
+    for flag in flags {
+        let (selector, path) = flag
+            .split_once(':')
+            .ok_or_else(|| bad_input(format!("--overlay {flag:?}: write SELECTOR:FILE")))?;
+        LabelSelector::parse(selector)
+            .map_err(|e| bad_input(format!("--overlay {flag:?}: selector: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad_input(format!("cannot read overlay file {path}: {e}")))?;
+        optikon_core::values::check_file(path, &text).map_err(|e| bad_input(e.to_string()))?;
+        let file = ValuesFile {
+            name: path.to_owned(),
+            text,
+        };
+        // Files for one selector stay together, in order.
+        match overlays.last_mut() {
+            Some(last) if last.selector == selector => last.files.push(file),
+            _ => overlays.push(Overlay {
+                selector: selector.to_owned(),
+                files: vec![file],
+            }),
+        }
+    }
+    Ok(overlays)
+}
+
+/// `optikon values`: what each cluster's release was given, as the hub sent it.
+async fn show_values(client: &Client, args: crate::args::ValuesArgs) -> anyhow::Result<i32> {
+    let mut desired = client
+        .desired(&args.release, Some(&args.namespace))
+        .await
+        .map_err(classify)?;
+    desired.retain(|d| args.cluster.as_ref().is_none_or(|c| &d.cluster == c));
+    desired.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    if desired.is_empty() {
+        eprintln!(
+            "release {:?} in namespace {:?} has no desired state{}",
+            args.release,
+            args.namespace,
+            args.cluster
+                .as_ref()
+                .map(|c| format!(" on {c}"))
+                .unwrap_or_default()
+        );
+        return Ok(EXIT_FAILED);
+    }
+    #[derive(serde::Serialize)]
+    struct Effective<'a> {
+        cluster: &'a str,
+        generation: u64,
+        values: &'a serde_json::Value,
+        #[serde(rename = "helmValues")]
+        helm_values: &'a HelmValues,
+    }
+    let shown: Vec<Effective<'_>> = desired
+        .iter()
+        .map(|d| Effective {
+            cluster: &d.cluster,
+            generation: d.generation,
+            values: &d.values,
+            helm_values: &d.helm_values,
+        })
+        .collect();
+    if args.output.format != crate::args::Format::Table {
+        print(args.output.format, &shown, || Table::new(vec![]));
+        return Ok(0);
+    }
+    for e in &shown {
+        println!("# {} (generation {})", e.cluster, e.generation);
+        if e.values.as_object().is_some_and(|o| !o.is_empty()) {
+            println!("# values\n{}", serde_yaml_ng::to_string(e.values)?);
+        }
+        for file in &e.helm_values.files {
+            println!("# -f {}\n{}", file.name, file.text.trim_end());
+        }
+        for (flag, exprs) in [
+            ("--set-json", &e.helm_values.set_json),
+            ("--set", &e.helm_values.set),
+            ("--set-string", &e.helm_values.set_string),
+            ("--set-literal", &e.helm_values.set_literal),
+        ] {
+            for expr in exprs {
+                println!("# {flag} {expr}");
+            }
+        }
+        for file in &e.helm_values.set_file {
+            println!("# --set-file {}={}", file.key, file.name);
+        }
+        println!();
+    }
+    Ok(0)
 }
 
 /// Prints the per-cluster result and returns the exit code.

@@ -378,6 +378,7 @@ impl Client {
             revision: None,
             atomic: false,
             strategy: None,
+            overlays: Vec::new(),
         }
     }
 

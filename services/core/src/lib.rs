@@ -4,6 +4,7 @@
 //! in the executor and the prober. Keeping this crate free of I/O keeps it fast to test.
 
 pub mod chart;
+pub mod cluster_values;
 pub mod manifest;
 pub mod message;
 pub mod names;

@@ -171,6 +171,11 @@ pub struct ReleaseRequest {
     /// once (see [`crate::rollout`] and docs/rollouts.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<crate::rollout::RolloutStrategy>,
+    /// Values files for the clusters each selector matches, after `helm_values`' files.
+    /// `{{ .Cluster.Name }}` and `{{ .Cluster.Labels.KEY }}` in any values are rendered per
+    /// cluster (see [`crate::cluster_values`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overlays: Vec<crate::cluster_values::Overlay>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -229,6 +234,7 @@ impl ReleaseRequest {
         if let Some(strategy) = &self.strategy {
             strategy.check(self.action)?;
         }
+        crate::cluster_values::check_overlays(&self.overlays)?;
         if matches!(self.action, Action::Install | Action::Upgrade) && self.chart.is_none() {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
@@ -849,6 +855,7 @@ mod tests {
             revision: None,
             atomic: false,
             strategy: None,
+            overlays: Vec::new(),
         };
         let code = |r: &ReleaseRequest| r.check().map(|_| ()).map_err(|e| e.code);
         assert_eq!(

@@ -665,6 +665,7 @@ mod tests {
                 revision: None,
                 atomic: false,
                 strategy: Some(strategy.clone()),
+                overlays: Vec::new(),
             },
             chart: None,
             request_sequence: None,

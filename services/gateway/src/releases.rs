@@ -68,6 +68,9 @@ pub struct InstallBody {
     /// Reach the clusters in waves behind a health gate (docs/rollouts.md).
     #[serde(default)]
     pub strategy: Option<RolloutStrategy>,
+    /// Values files for the clusters each selector matches (docs/rollouts.md).
+    #[serde(default)]
+    pub overlays: Vec<optikon_core::cluster_values::Overlay>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +86,9 @@ pub struct UpgradeBody {
     /// Reach the clusters in waves behind a health gate (docs/rollouts.md).
     #[serde(default)]
     pub strategy: Option<RolloutStrategy>,
+    /// Values files for the clusters each selector matches (docs/rollouts.md).
+    #[serde(default)]
+    pub overlays: Vec<optikon_core::cluster_values::Overlay>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -484,6 +490,8 @@ async fn install(
     request.chart = Some(chart);
     request.atomic = body.atomic;
     request.strategy = checked_strategy(body.strategy, request.action)?;
+    optikon_core::cluster_values::check_overlays(&body.overlays)?;
+    request.overlays = body.overlays;
     values.fill(&mut request);
     Ok(respond(carry_out(&gateway.client, &request, wait).await?))
 }
@@ -503,6 +511,8 @@ async fn upgrade(
     request.chart = Some(chart);
     request.atomic = body.atomic;
     request.strategy = checked_strategy(body.strategy, request.action)?;
+    optikon_core::cluster_values::check_overlays(&body.overlays)?;
+    request.overlays = body.overlays;
     values.fill(&mut request);
     Ok(respond(carry_out(&gateway.client, &request, wait).await?))
 }

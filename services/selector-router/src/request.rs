@@ -135,10 +135,22 @@ pub async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiEr
         let chart = plan.chart.clone();
         let request = &request;
         async move {
-            let outcome = set_desired(hub, request, &cluster.name, chart, sequence).await?;
+            let outcome = set_desired(
+                hub,
+                request,
+                &cluster.name,
+                &cluster.labels,
+                chart,
+                sequence,
+            )
+            .await?;
             match &outcome {
                 Desired::Set(desired) => create_cluster_entry(hub, &request.id, desired).await?,
                 Desired::Superseded(newer) => record_superseded(hub, &request.id, newer).await?,
+                Desired::Refused(reason) => {
+                    let key = subject::request_cluster_key(&request.id, &cluster.name);
+                    write_if(&hub.request_clusters, &key, &refused_entry(reason), None).await?;
+                }
             }
             Ok::<_, ApiError>(outcome)
         }
@@ -146,17 +158,22 @@ pub async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiEr
     .buffered(CONCURRENCY)
     .try_collect::<Vec<Desired>>();
     let (outcomes, mut status) = futures::try_join!(per_cluster, merge_status(hub, status))?;
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, Desired::Refused(_)))
+        .count();
     let (desired, superseded): (Vec<_>, Vec<_>) = outcomes
         .into_iter()
+        .filter(|o| !matches!(o, Desired::Refused(_)))
         .partition(|o| matches!(o, Desired::Set(_)));
-    if !superseded.is_empty() {
-        status = count_superseded(hub, status, superseded.len()).await?;
+    if !superseded.is_empty() || refused > 0 {
+        status = count_superseded(hub, status, superseded.len() + refused, refused).await?;
     }
     let desired: Vec<DesiredRelease> = desired
         .into_iter()
         .filter_map(|o| match o {
             Desired::Set(d) => Some(d),
-            Desired::Superseded(_) => None,
+            _ => None,
         })
         .collect();
     publish_commands(hub, &request.id, &desired).await?;
@@ -171,6 +188,44 @@ pub(crate) enum Desired {
     Set(DesiredRelease),
     /// A request published later already set it; this one changes nothing there.
     Superseded(DesiredRelease),
+    /// The request cannot apply to this cluster (its values use a label the cluster lacks):
+    /// nothing changes there, and its entry says why.
+    Refused(String),
+}
+
+/// The request's values as they apply to one cluster: overlays its labels match appended,
+/// cluster expressions rendered. Only an install or upgrade carries values.
+fn cluster_values(
+    request: &ReleaseRequest,
+    cluster: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(serde_json::Value, optikon_core::values::HelmValues), ApiError> {
+    let values = request
+        .values
+        .clone()
+        .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+    if !matches!(request.action, Action::Install | Action::Upgrade) {
+        return Ok((values, request.helm_values.clone()));
+    }
+    optikon_core::cluster_values::for_cluster(
+        &values,
+        &request.helm_values,
+        &request.overlays,
+        &optikon_core::cluster_values::ClusterFacts {
+            name: cluster,
+            labels,
+        },
+    )
+}
+
+/// The entry of a cluster the request cannot apply to: failed, with the reason.
+pub(crate) fn refused_entry(reason: &str) -> ClusterProgress {
+    ClusterProgress {
+        generation: 0,
+        state: ReleaseState::Failed,
+        revision: None,
+        reason: Some(reason.to_owned()),
+    }
 }
 
 /// The cluster's entry of the request, final at once: a later request already decided.
@@ -194,11 +249,13 @@ pub(crate) async fn record_superseded(
     Ok(())
 }
 
-/// Counts superseded clusters as done in the request's summary (no status will come for them).
+/// Counts clusters decided at once as done in the request's summary (no status will come
+/// for them): superseded ones, and refused ones, which also count as failed.
 async fn count_superseded(
     hub: &Hub,
     mut status: RequestStatus,
     superseded: usize,
+    refused: usize,
 ) -> Result<RequestStatus, ApiError> {
     let key = subject::token(&status.id);
     for _ in 0..20 {
@@ -214,6 +271,7 @@ async fn count_superseded(
         let counted_before = status.progress.is_some_and(|p| p.done >= superseded);
         if !counted_before {
             progress.done = (progress.done + superseded).min(progress.targets);
+            progress.failed = (progress.failed + refused).min(progress.targets);
         }
         if write_if(&hub.requests, &key, &current, Some(revision)).await? {
             status.progress = current.progress;
@@ -366,9 +424,14 @@ pub(crate) async fn set_desired(
     hub: &Hub,
     request: &ReleaseRequest,
     cluster: &str,
+    labels: &BTreeMap<String, String>,
     chart: Option<ChartPin>,
     sequence: Option<u64>,
 ) -> Result<Desired, ApiError> {
+    let (values, helm_values) = match cluster_values(request, cluster, labels) {
+        Ok(rendered) => rendered,
+        Err(error) => return Ok(Desired::Refused(error.message)),
+    };
     let key = subject::release_key(cluster, &request.namespace, &request.release);
     for attempt in 0..20 {
         // First try against the router's live copy; after a conflict, or to confirm a
@@ -407,11 +470,8 @@ pub(crate) async fn set_desired(
             request_id: request.id.clone(),
             action: request.action,
             chart: chart.clone(),
-            values: request
-                .values
-                .clone()
-                .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
-            helm_values: request.helm_values.clone(),
+            values: values.clone(),
+            helm_values: helm_values.clone(),
             rollback_to: request.revision,
             atomic: request.atomic,
             requested_at: Timestamp::now(),

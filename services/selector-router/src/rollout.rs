@@ -300,10 +300,17 @@ async fn send_clusters(hub: &Hub, rollout: &Rollout, clusters: &[String]) -> Res
         return Ok(());
     }
     let outcomes: Vec<Desired> = futures::stream::iter(clusters.iter().map(|cluster| async move {
+        // Values follow the cluster's labels as they are when its turn comes.
+        let labels = hub
+            .cluster_view
+            .get(cluster)
+            .map(|c| c.labels)
+            .unwrap_or_default();
         let outcome = set_desired(
             hub,
             &rollout.request,
             cluster,
+            &labels,
             rollout.chart.clone(),
             rollout.request_sequence,
         )
@@ -324,6 +331,7 @@ async fn send_clusters(hub: &Hub, rollout: &Rollout, clusters: &[String]) -> Res
                     newer.request_id
                 )),
             },
+            Desired::Refused(reason) => crate::request::refused_entry(reason),
         };
         move_on_entry(hub, &rollout.id, cluster, next).await?;
         Ok::<_, ApiError>(outcome)
@@ -335,7 +343,7 @@ async fn send_clusters(hub: &Hub, rollout: &Rollout, clusters: &[String]) -> Res
         .into_iter()
         .filter_map(|o| match o {
             Desired::Set(d) => Some(d),
-            Desired::Superseded(_) => None,
+            _ => None,
         })
         .collect();
     publish_commands(hub, &rollout.id, &desired).await
@@ -455,8 +463,15 @@ async fn roll_back(hub: &Hub, rollout: &Rollout) -> Result<(), ApiError> {
                 None => request.action = Action::Uninstall,
             }
             async move {
-                let outcome =
-                    set_desired(hub, &request, cluster, None, rollout.request_sequence).await?;
+                let outcome = set_desired(
+                    hub,
+                    &request,
+                    cluster,
+                    &BTreeMap::new(),
+                    None,
+                    rollout.request_sequence,
+                )
+                .await?;
                 match &outcome {
                     Desired::Set(desired) => {
                         create_cluster_entry(hub, &request.id, desired).await?
@@ -464,6 +479,8 @@ async fn roll_back(hub: &Hub, rollout: &Rollout) -> Result<(), ApiError> {
                     Desired::Superseded(newer) => {
                         record_superseded(hub, &request.id, newer).await?
                     }
+                    // A rollback or an uninstall carries no values to render.
+                    Desired::Refused(_) => {}
                 }
                 Ok::<_, ApiError>(outcome)
             }
@@ -497,7 +514,7 @@ async fn roll_back(hub: &Hub, rollout: &Rollout) -> Result<(), ApiError> {
         .into_iter()
         .filter_map(|o| match o {
             Desired::Set(d) => Some(d),
-            Desired::Superseded(_) => None,
+            _ => None,
         })
         .collect();
     publish_commands(hub, &id, &desired).await?;

@@ -118,6 +118,13 @@ impl ClusterView {
         Ok(registry.matching(selector))
     }
 
+    /// A cluster's record as the view holds it now (no catch-up: for a cluster the router
+    /// already matched).
+    pub fn get(&self, name: &str) -> Option<ClusterRecord> {
+        let registry = self.registry.read().expect("cluster view lock");
+        registry.records.get(name).cloned()
+    }
+
     /// Waits until the view holds every write the bucket had when this was called.
     async fn catch_up(&self) -> Result<(), ApiError> {
         let stream = format!("KV_{}", subject::CLUSTERS_BUCKET);

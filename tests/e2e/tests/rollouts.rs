@@ -490,3 +490,112 @@ async fn an_unreachable_site_is_waited_for_or_skipped_and_named() -> anyhow::Res
     optikon(&testbed, &["uninstall", release, "-n", namespace])?.ok()?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn values_follow_each_clusters_name_and_labels() -> anyhow::Result<()> {
+    let testbed = testbed().await;
+    wait_until_healthy(&testbed).await?;
+    let (release, namespace) = ("labelled", "rollouts-values");
+    let dir = tempfile::tempdir()?;
+    let chart = helm_chart(&testbed, dir.path(), release, "0.1.0")?;
+    let chart = chart.to_str().unwrap();
+    let base = dir.path().join("base.yaml");
+    std::fs::write(
+        &base,
+        "region: '{{ .Cluster.Labels.Region }}'\nreplicaCount: 1\n",
+    )?;
+    let kubecon = dir.path().join("kubecon.yaml");
+    std::fs::write(&kubecon, "booth: '{{ .Cluster.Labels.ID }}'\n")?;
+    let overlay = format!("Kubecon=True:{}", kubecon.display());
+    optikon(
+        &testbed,
+        &[
+            "install",
+            release,
+            chart,
+            "-n",
+            namespace,
+            "-f",
+            base.to_str().unwrap(),
+            "--set",
+            "site={{ .Cluster.Name }}",
+            "--overlay",
+            &overlay,
+        ],
+    )?
+    .ok()?;
+    let values = |site: &str| -> anyhow::Result<serde_json::Value> {
+        let out = helm(
+            &testbed,
+            site,
+            &["get", "values", release, "-n", namespace, "-o", "json"],
+        )?
+        .ok()?;
+        Ok(serde_json::from_str(&out.stdout)?)
+    };
+    for (site, booth) in [
+        ("copenhagen-1", Some("123")),
+        ("copenhagen-2", Some("456")),
+        ("copenhagen-3", None),
+    ] {
+        let v = values(site)?;
+        assert_eq!(v["site"], site, "{site}: {v}");
+        assert_eq!(v["region"], "Europe", "{site}: {v}");
+        match booth {
+            Some(id) => assert_eq!(v["booth"], id, "the overlay on {site}: {v}"),
+            None => assert!(v.get("booth").is_none(), "no overlay on {site}: {v}"),
+        }
+    }
+    // What the hub sent each cluster, on request.
+    let shown = optikon(
+        &testbed,
+        &[
+            "values",
+            release,
+            "-n",
+            namespace,
+            "--cluster",
+            "copenhagen-2",
+        ],
+    )?
+    .ok()?;
+    assert!(
+        shown.stdout.contains("booth: '456'") && shown.stdout.contains("--set site=copenhagen-2"),
+        "{}",
+        shown.stdout
+    );
+
+    // A label one cluster lacks fails that cluster, naming both, and changes nothing there.
+    let out = optikon(
+        &testbed,
+        &[
+            "upgrade",
+            release,
+            chart,
+            "-n",
+            namespace,
+            "--set-string",
+            "kubecon={{ .Cluster.Labels.Kubecon }}",
+        ],
+    )?;
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("copenhagen-3"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("failed")
+            && line.contains("label \"Kubecon\", which cluster copenhagen-3 does not have"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        history(&testbed, "copenhagen-3", release, namespace)?.len(),
+        1,
+        "nothing applied there"
+    );
+    assert_eq!(values("copenhagen-1")?["kubecon"], "True");
+    optikon(&testbed, &["uninstall", release, "-n", namespace])?.ok()?;
+    Ok(())
+}
