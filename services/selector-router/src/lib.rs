@@ -91,12 +91,18 @@ pub async fn run(
         request_lanes = config.request_lanes,
         "selector-router ready"
     );
+    // Each part boxed: together their futures are too large for a caller's stack (a test
+    // runs the router in its own task).
     tokio::try_join!(
-        request::run(hub.clone(), config.request_lanes, shutdown.clone()),
-        fold::run(hub.clone(), shutdown.clone()),
-        registry::run(client.clone(), hub.clone(), shutdown.clone()),
-        rollout::run(client, hub.clone(), shutdown.clone()),
-        keep_heartbeats_bucket(hub.js, shutdown),
+        Box::pin(request::run(
+            hub.clone(),
+            config.request_lanes,
+            shutdown.clone()
+        )),
+        Box::pin(fold::run(hub.clone(), shutdown.clone())),
+        Box::pin(registry::run(client.clone(), hub.clone(), shutdown.clone())),
+        Box::pin(rollout::run(client, hub.clone(), shutdown.clone())),
+        Box::pin(keep_heartbeats_bucket(hub.js, shutdown)),
     )?;
     Ok(())
 }

@@ -119,8 +119,17 @@ pub async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiEr
 
     let sequence = message.info().ok().map(|i| i.stream_sequence);
     if request.strategy.is_some() {
-        return crate::rollout::start(hub, &request, plan.chart, plan.clusters, sequence, status)
-            .await;
+        // Boxed: a rollout's acceptance is a large future of its own, and `handle` runs
+        // on callers' stacks.
+        return Box::pin(crate::rollout::start(
+            hub,
+            &request,
+            plan.chart,
+            plan.clusters,
+            sequence,
+            status,
+        ))
+        .await;
     }
 
     // Per cluster its desired state, then its entry of the request; beside them the
