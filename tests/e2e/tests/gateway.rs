@@ -1546,6 +1546,86 @@ mod browser {
                 },
             )
             .await?;
+            // A rollout from the form: wave 1 is copenhagen-1, then a 30 s soak. Paused in
+            // the rollout view, wave 2 does not start; resumed, it finishes; the view's
+            // rollback button then rolls the release back on both.
+            let revisions = nginx_on(&browser).await?;
+            let revision =
+                |cluster: &str| -> u32 { revisions[cluster].0.trim().parse().unwrap_or(0) };
+            let (r1, r2) = (revision("copenhagen-1"), revision("copenhagen-2"));
+            fill(&browser, "#install input[name=selector]", "Kubecon=True").await?;
+            fill(&browser, "#install input[name=waves]", "ID=123").await?;
+            fill(&browser, "#install input[name=soak]", "30").await?;
+            browser
+                .find(Locator::Css("#install button[value=upgrade]"))
+                .await?
+                .click()
+                .await?;
+            let state_of = || async {
+                let state = browser
+                    .execute(
+                        "const b = document.querySelector('#rollouts [data-rollout-state]'); return b ? b.dataset.rolloutState : null;",
+                        vec![],
+                    )
+                    .await?;
+                anyhow::Ok(state.as_str().map(str::to_owned))
+            };
+            eventually(
+                "the rollout view, running",
+                Duration::from_secs(30),
+                || async { Ok((state_of().await?.as_deref() == Some("running")).then_some(())) },
+            )
+            .await?;
+            browser
+                .find(Locator::Css("#rollouts button[data-control=pause]"))
+                .await?
+                .click()
+                .await?;
+            eventually("the rollout paused", Duration::from_secs(20), || async {
+                Ok((state_of().await?.as_deref() == Some("paused")).then_some(()))
+            })
+            .await?;
+            eventually(
+                "wave 1 upgraded copenhagen-1",
+                Duration::from_secs(120),
+                || async {
+                    let on = nginx_on(&browser).await?;
+                    Ok((on["copenhagen-1"].0.trim() == (r1 + 1).to_string()).then_some(()))
+                },
+            )
+            .await?;
+            tokio::time::sleep(Duration::from_secs(35)).await;
+            assert_eq!(
+                nginx_on(&browser).await?["copenhagen-2"].0.trim(),
+                r2.to_string(),
+                "paused: wave 2 did not start"
+            );
+            assert_eq!(state_of().await?.as_deref(), Some("paused"));
+            browser
+                .find(Locator::Css("#rollouts button[data-control=resume]"))
+                .await?
+                .click()
+                .await?;
+            eventually(
+                "the rollout succeeded",
+                Duration::from_secs(120),
+                || async { Ok((state_of().await?.as_deref() == Some("succeeded")).then_some(())) },
+            )
+            .await?;
+            browser
+                .find(Locator::Css("#rollouts button[data-control=rollback]"))
+                .await?
+                .click()
+                .await?;
+            eventually("the rollback on both", Duration::from_secs(120), || async {
+                let on = nginx_on(&browser).await?;
+                let back = on["copenhagen-1"] == ((r1 + 2).to_string(), "deployed".to_owned())
+                    && on["copenhagen-2"] == ((r2 + 2).to_string(), "deployed".to_owned());
+                Ok(back.then_some(()))
+            })
+            .await?;
+            fill(&browser, "#install input[name=waves]", "").await?;
+            fill(&browser, "#install input[name=soak]", "").await?;
             eprintln!("demo story done after {:?}", started.elapsed());
             anyhow::Ok(())
         };

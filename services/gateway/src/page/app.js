@@ -6,6 +6,7 @@ const state = {
   clusters: new Map(), // name -> cluster view + receivedAt (ms), for "last seen" ageing
   releases: [],
   rollouts: new Map(), // request id -> request result, newest last
+  records: new Map(), // request id -> its rollout record, or null for a request without one
   matched: new Set(), // clusters the install form's selector matches, drawn on the map
 };
 const MAX_ROLLOUTS = 6;
@@ -198,7 +199,59 @@ function trackRollout(result) {
   if (known) result.clusters = { ...known.clusters, ...result.clusters };
   state.rollouts.delete(result.id);
   state.rollouts.set(result.id, result);
+  loadRecord(result.id);
   while (state.rollouts.size > MAX_ROLLOUTS) state.rollouts.delete(state.rollouts.keys().next().value);
+  renderRollouts();
+}
+
+/** Reads a request's rollout record (waves, state), if it has one, and redraws. */
+const loadRecord = (() => {
+  const pending = new Map();
+  return (id) => {
+    clearTimeout(pending.get(id));
+    pending.set(id, setTimeout(async () => {
+      pending.delete(id);
+      try {
+        state.records.set(id, await api("GET", `/api/v1/rollouts/${encodeURIComponent(id)}`));
+      } catch (error) {
+        if (!state.records.has(id)) state.records.set(id, null);
+      }
+      renderRollouts();
+    }, 200));
+  };
+})();
+
+/** The rollout's own line and its buttons: pause, resume, abort, and a rollback once it ended. */
+function rolloutControls(r, record) {
+  if (!record) return null;
+  const final = ["succeeded", "failed", "rolled-back", "aborted"].includes(record.state);
+  const wave = Math.min(record.wave + 1, record.waves.length);
+  const button = (label, action, cls) => h("button", {
+    type: "button", class: `small ${cls || ""}`, "data-control": action,
+    onclick: () => control(r, action).catch((e) => alert(e.message)),
+  }, label);
+  return h("div", { class: "rollout" },
+    h("span", { class: `badge ${record.state}`, "data-rollout-state": record.state }, record.state),
+    ` wave ${wave}/${record.waves.length}`,
+    record.reason ? h("span", { class: "reason" }, record.reason) : null,
+    h("ol", { class: "waves" }, record.waves.map((w, i) =>
+      h("li", { class: i === record.wave && !final ? "current" : "" },
+        h("code", {}, w.selector || "(the rest)"), `: ${w.clusters.join(", ")}`))),
+    h("span", { class: "buttons" },
+      record.state === "running" ? button("Pause", "pause", "secondary") : null,
+      record.state === "paused" ? button("Resume", "resume", "secondary") : null,
+      !final && record.state !== "rolling-back" ? button("Abort", "abort", "danger") : null,
+      final && record.action !== "rollback" && record.state !== "rolled-back" ? button("Roll back", "rollback", "danger") : null));
+}
+
+/** Pause, resume or abort a rollout; or roll its release back on the clusters it targeted. */
+async function control(r, action) {
+  if (action === "rollback") {
+    const path = `/api/v1/releases/${encodeURIComponent(r.namespace)}/${encodeURIComponent(r.release)}/rollback?wait=false`;
+    trackRollout(await api("POST", path, { selector: r.selector }));
+    return;
+  }
+  state.records.set(r.id, await api("POST", `/api/v1/rollouts/${encodeURIComponent(r.id)}/${action}`));
   renderRollouts();
 }
 
@@ -217,6 +270,7 @@ function renderRollouts() {
       h("span", { class: "title" }, `${r.action || "request"} ${r.release}`),
       h("code", {}, ` ${r.selector || "(all clusters)"}`),
       h("span", { class: "tally" }, tally),
+      rolloutControls(r, state.records.get(r.id)),
       h("ul", {}, clusters));
   });
   $("#rollouts").replaceChildren(...(items.length ? items : [h("li", { class: "empty" }, "No rollouts yet.")]));
@@ -272,6 +326,14 @@ async function installOrUpdate(form, action) {
   }
   const body = { selector: f.selector.value, chart };
   if (f.values.value.trim()) body.values = f.values.value;
+  const strategy = {};
+  const waves = f.waves.value.split(";").map((w) => w.trim()).filter(Boolean);
+  if (waves.length) strategy.waves = waves;
+  if (f.maxUnavailable.value.trim()) strategy.maxUnavailable = f.maxUnavailable.value.trim();
+  if (f.maxFailures.value.trim()) strategy.maxFailures = f.maxFailures.value.trim();
+  if (f.rollbackOnFailure.checked) strategy.rollbackOnFailure = true;
+  if (f.soak.value.trim()) strategy.soakSeconds = Number(f.soak.value.trim());
+  if (Object.keys(strategy).length) body.strategy = strategy;
   const result = action === "install"
     ? await api("POST", "/api/v1/releases?wait=false", { release, namespace, ...body })
     : await api("PUT", `/api/v1/releases/${encodeURIComponent(namespace)}/${encodeURIComponent(release)}?wait=false`, body);
@@ -366,4 +428,10 @@ document.addEventListener("DOMContentLoaded", () => {
   follow();
   // Ages "last seen" and flips silent sites to unreachable without asking the server.
   setInterval(renderClusters, 5000);
+  // A rollout moves between waves (and ends) without a request event: re-read open ones.
+  setInterval(() => {
+    for (const [id, record] of state.records) {
+      if (record && !["succeeded", "failed", "rolled-back", "aborted"].includes(record.state)) loadRecord(id);
+    }
+  }, 2000);
 });
