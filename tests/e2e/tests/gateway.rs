@@ -1515,37 +1515,6 @@ mod browser {
             )
             .await?;
 
-            // Delete with ID=123: gone from copenhagen-1 only.
-            fill(&browser, "#delete input[name=release]", "gw-nginx").await?;
-            fill(&browser, "#delete input[name=selector]", "ID=123").await?;
-            browser
-                .find(Locator::Css("#delete button"))
-                .await?
-                .click()
-                .await?;
-            eventually(
-                "gw-nginx left on copenhagen-2 only",
-                Duration::from_secs(120),
-                || async {
-                    let on = nginx_on(&browser).await?;
-                    Ok(
-                        (on.keys().map(String::as_str).collect::<Vec<_>>() == ["copenhagen-2"])
-                            .then_some(()),
-                    )
-                },
-            )
-            .await?;
-            eventually(
-                "the delete form to say it is done",
-                Duration::from_secs(30),
-                || async {
-                    let message = text_of(&browser, "#delete .message").await?;
-                    Ok(message
-                        .contains("gw-nginx: done on 1 cluster")
-                        .then_some(()))
-                },
-            )
-            .await?;
             // A rollout from the form: wave 1 is copenhagen-1, then a 30 s soak. Paused in
             // the rollout view, wave 2 does not start; resumed, it finishes; the view's
             // rollback button then rolls the release back on both.
@@ -1626,6 +1595,37 @@ mod browser {
             .await?;
             fill(&browser, "#install input[name=waves]", "").await?;
             fill(&browser, "#install input[name=soak]", "").await?;
+            // Delete with ID=123: gone from copenhagen-1 only.
+            fill(&browser, "#delete input[name=release]", "gw-nginx").await?;
+            fill(&browser, "#delete input[name=selector]", "ID=123").await?;
+            browser
+                .find(Locator::Css("#delete button"))
+                .await?
+                .click()
+                .await?;
+            eventually(
+                "gw-nginx left on copenhagen-2 only",
+                Duration::from_secs(120),
+                || async {
+                    let on = nginx_on(&browser).await?;
+                    Ok(
+                        (on.keys().map(String::as_str).collect::<Vec<_>>() == ["copenhagen-2"])
+                            .then_some(()),
+                    )
+                },
+            )
+            .await?;
+            eventually(
+                "the delete form to say it is done",
+                Duration::from_secs(30),
+                || async {
+                    let message = text_of(&browser, "#delete .message").await?;
+                    Ok(message
+                        .contains("gw-nginx: done on 1 cluster")
+                        .then_some(()))
+                },
+            )
+            .await?;
             eprintln!("demo story done after {:?}", started.elapsed());
             anyhow::Ok(())
         };
