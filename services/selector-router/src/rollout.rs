@@ -2,8 +2,8 @@
 //!
 //! A request with a strategy is accepted like any other (its summary, and an entry per
 //! target cluster, here `queued`), and gets a [`Rollout`] record in the `rollouts` bucket.
-//! Nothing is sent yet. The driver then moves every open rollout on, once a
-//! [`TICK`]: it reads the record, the request's entries and who is reachable, asks
+//! Nothing is sent yet. The driver then moves an open rollout on whenever its request's
+//! event says a cluster changed, and every one of them once a [`TICK`]: it reads the record, the request's entries and who is reachable, asks
 //! [`next_step`] what to do, writes the record (compare-and-set) and only then acts: it
 //! sends the clusters the step started, leaves out the ones it skipped, and starts the
 //! rollback. A record written first and actions repeated until the entries show them make
@@ -133,22 +133,35 @@ pub async fn run(client: async_nats::Client, hub: Hub, shutdown: Shutdown) -> an
         .queue_subscribe(subject::ROLLOUT_CONTROL, "selector-router".into())
         .await?;
     let answering = answer_controls(client.clone(), hub.clone(), controls);
+    // A cluster of an open rollout finishing is announced as its request's event: look at
+    // once instead of at the next tick. Every replica hears every event; each looks.
+    let mut events = client
+        .subscribe(format!("{}.*", subject::EVENT_REQUEST_PREFIX))
+        .await?;
     let driving = async {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
+            let woken_by: Option<String> = tokio::select! {
+                _ = ticker.tick() => None,
+                Some(event) = events.next() => event
+                    .subject
+                    .strip_prefix(subject::EVENT_REQUEST_PREFIX)
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .map(str::to_owned),
                 _ = shutdown.wait() => return,
-            }
-            let keys: Vec<String> = open
-                .lock()
-                .expect("open rollouts")
-                .iter()
-                .cloned()
-                .collect();
+            };
+            let keys: Vec<String> = {
+                let open = open.lock().expect("open rollouts");
+                match woken_by {
+                    // An event of a request that is no open rollout: nothing to do.
+                    Some(id) if !open.contains(&id) => continue,
+                    Some(id) => vec![id],
+                    None => open.iter().cloned().collect(),
+                }
+            };
             for key in keys {
-                match drive(&hub, &key).await {
+                match drive_on(&hub, &key).await {
                     Ok(true) => {}
                     Ok(false) => {
                         // Finished, and nothing left to do for it.
@@ -164,6 +177,24 @@ pub async fn run(client: async_nats::Client, hub: Hub, shutdown: Shutdown) -> an
     tokio::select! {
         _ = driving => Ok(()),
         r = answering => r,
+    }
+}
+
+/// Steps a rollout for as long as each step passes a wave's gate (the next wave then starts
+/// at once, not a tick later). `Ok(false)` once it is final and nothing is left to do.
+async fn drive_on(hub: &Hub, key: &str) -> Result<bool, ApiError> {
+    loop {
+        let wave = read::<Rollout>(&hub.rollouts, key)
+            .await?
+            .map(|(r, _)| (r.wave, r.state));
+        let open = drive(hub, key).await?;
+        let after = read::<Rollout>(&hub.rollouts, key)
+            .await?
+            .map(|(r, _)| (r.wave, r.state));
+        let passed_a_gate = matches!((wave, after), (Some((w0, RolloutState::Running)), Some((w1, RolloutState::Running))) if w1 > w0);
+        if !open || !passed_a_gate {
+            return Ok(open);
+        }
     }
 }
 
