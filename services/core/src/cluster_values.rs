@@ -45,16 +45,37 @@ pub fn render(text: &str, cluster: &ClusterFacts<'_>) -> Result<String, String> 
         let Some(len) = rest[start..].find("}}") else {
             break;
         };
-        let inner = rest[start + 2..start + len]
-            .trim_start_matches('-')
-            .trim_end_matches('-')
-            .trim();
-        out.push_str(&rest[..start]);
-        match expression(inner, cluster)? {
-            Some(value) => out.push_str(&value),
-            None => out.push_str(&rest[start..start + len + 2]),
+        // Go's trim markers: `{{- ` drops the whitespace before, ` -}}` the whitespace after.
+        let raw = &rest[start + 2..start + len];
+        let trim_before = raw.starts_with("- ");
+        let trim_after = raw.ends_with(" -");
+        let mut inner = raw;
+        if trim_before {
+            inner = &inner[2..];
         }
-        rest = &rest[start + len + 2..];
+        if trim_after && inner.len() >= 2 {
+            inner = &inner[..inner.len() - 2];
+        }
+        let inner = inner.trim();
+        out.push_str(&rest[..start]);
+        let after = &rest[start + len + 2..];
+        match expression(inner, cluster)? {
+            Some(value) => {
+                if trim_before {
+                    out.truncate(out.trim_end().len());
+                }
+                out.push_str(&value);
+                rest = if trim_after {
+                    after.trim_start()
+                } else {
+                    after
+                };
+            }
+            None => {
+                out.push_str(&rest[start..start + len + 2]);
+                rest = after;
+            }
+        }
     }
     out.push_str(rest);
     Ok(out)
@@ -203,10 +224,15 @@ mod tests {
     #[test]
     fn cluster_expressions_are_rendered_and_others_kept() {
         let l = labels(&[("Region", "eu"), ("topology.kubernetes.io/zone", "a")]);
-        let text = "site: {{ .Cluster.Name }}\nregion: '{{.Cluster.Labels.Region}}'\nzone: {{- index .Cluster.Labels \"topology.kubernetes.io/zone\" -}}\nname: '{{ .Release.Name }}'\n";
+        let text = "site: {{ .Cluster.Name }}\nregion: '{{.Cluster.Labels.Region}}'\nzone: '{{ index .Cluster.Labels \"topology.kubernetes.io/zone\" }}'\nname: '{{ .Release.Name }}'\n";
         assert_eq!(
             render(text, &facts(&l)).unwrap(),
-            "site: lisbon-1\nregion: 'eu'\nzone: a\nname: '{{ .Release.Name }}'\n"
+            "site: lisbon-1\nregion: 'eu'\nzone: 'a'\nname: '{{ .Release.Name }}'\n"
+        );
+        // Trim markers as Go has them.
+        assert_eq!(
+            render("a: x-  {{- .Cluster.Name -}}  \n", &facts(&l)).unwrap(),
+            "a: x-lisbon-1"
         );
         assert_eq!(
             render("no braces {{ here", &facts(&l)).unwrap(),

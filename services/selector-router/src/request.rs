@@ -176,7 +176,7 @@ pub async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiEr
         .filter(|o| !matches!(o, Desired::Refused(_)))
         .partition(|o| matches!(o, Desired::Set(_)));
     if !superseded.is_empty() || refused > 0 {
-        status = count_superseded(hub, status, superseded.len() + refused, refused).await?;
+        status = count_decided(hub, status, superseded.len() + refused, refused).await?;
     }
     let desired: Vec<DesiredRelease> = desired
         .into_iter()
@@ -260,7 +260,7 @@ pub(crate) async fn record_superseded(
 
 /// Counts clusters decided at once as done in the request's summary (no status will come
 /// for them): superseded ones, and refused ones, which also count as failed.
-async fn count_superseded(
+async fn count_decided(
     hub: &Hub,
     mut status: RequestStatus,
     superseded: usize,
