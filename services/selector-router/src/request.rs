@@ -153,40 +153,15 @@ pub async fn handle(hub: &Hub, message: &jetstream::Message) -> Result<(), ApiEr
                 sequence,
             )
             .await?;
-            match &outcome {
-                Desired::Set(desired) => create_cluster_entry(hub, &request.id, desired).await?,
-                Desired::Superseded(newer) => record_superseded(hub, &request.id, newer).await?,
-                Desired::Refused(reason) => {
-                    let key = subject::request_cluster_key(&request.id, &cluster.name);
-                    write_if(&hub.request_clusters, &key, &refused_entry(reason), None).await?;
-                }
-            }
+            record_outcome(hub, &request.id, &cluster.name, &outcome).await?;
             Ok::<_, ApiError>(outcome)
         }
     }))
     .buffered(CONCURRENCY)
     .try_collect::<Vec<Desired>>();
-    let (outcomes, mut status) = futures::try_join!(per_cluster, merge_status(hub, status))?;
-    let refused = outcomes
-        .iter()
-        .filter(|o| matches!(o, Desired::Refused(_)))
-        .count();
-    let (desired, superseded): (Vec<_>, Vec<_>) = outcomes
-        .into_iter()
-        .filter(|o| !matches!(o, Desired::Refused(_)))
-        .partition(|o| matches!(o, Desired::Set(_)));
-    if !superseded.is_empty() || refused > 0 {
-        status = count_decided(hub, status, superseded.len() + refused, refused).await?;
-    }
-    let desired: Vec<DesiredRelease> = desired
-        .into_iter()
-        .filter_map(|o| match o {
-            Desired::Set(d) => Some(d),
-            _ => None,
-        })
-        .collect();
-    publish_commands(hub, &request.id, &desired).await?;
-    tracing::info!(id = %request.id, targets = desired.len(), superseded = superseded.len(), "commands sent");
+    let (outcomes, status) = futures::try_join!(per_cluster, merge_status(hub, status))?;
+    let (status, sent, decided) = count_and_send(hub, status, outcomes).await?;
+    tracing::info!(id = %request.id, targets = sent, decided, "commands sent");
     // The summary only: every cluster is pending, which the count says.
     publish_event(hub, &status).await
 }
@@ -200,6 +175,60 @@ pub(crate) enum Desired {
     /// The request cannot apply to this cluster (its values use a label the cluster lacks):
     /// nothing changes there, and its entry says why.
     Refused(String),
+}
+
+impl Desired {
+    /// The command to send, if any.
+    pub(crate) fn into_command(self) -> Option<DesiredRelease> {
+        match self {
+            Desired::Set(desired) => Some(desired),
+            Desired::Superseded(_) | Desired::Refused(_) => None,
+        }
+    }
+}
+
+/// Writes the cluster's entry of the request for what the request does there: `pending`,
+/// or final at once (superseded, refused).
+pub(crate) async fn record_outcome(
+    hub: &Hub,
+    request_id: &str,
+    cluster: &str,
+    outcome: &Desired,
+) -> Result<(), ApiError> {
+    match outcome {
+        Desired::Set(desired) => create_cluster_entry(hub, request_id, desired).await,
+        Desired::Superseded(newer) => record_superseded(hub, request_id, newer).await,
+        Desired::Refused(reason) => {
+            let key = subject::request_cluster_key(request_id, cluster);
+            write_if(&hub.request_clusters, &key, &refused_entry(reason), None).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Once every target's entry is written ([`record_outcome`]): counts the clusters decided
+/// at once in the summary, then sends the others their command. Returns the summary, the
+/// commands sent and the clusters decided at once.
+pub(crate) async fn count_and_send(
+    hub: &Hub,
+    mut status: RequestStatus,
+    outcomes: Vec<Desired>,
+) -> Result<(RequestStatus, usize, usize), ApiError> {
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, Desired::Refused(_)))
+        .count();
+    let targets = outcomes.len();
+    let commands: Vec<DesiredRelease> = outcomes
+        .into_iter()
+        .filter_map(Desired::into_command)
+        .collect();
+    let decided = targets - commands.len();
+    if decided > 0 {
+        status = count_decided(hub, status, decided, refused).await?;
+    }
+    publish_commands(hub, &status.id, &commands).await?;
+    Ok((status, commands.len(), decided))
 }
 
 /// The request's values as they apply to one cluster: overlays its labels match appended,

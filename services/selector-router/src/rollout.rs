@@ -32,8 +32,8 @@ use optikon_core::subject;
 use optikon_runtime::shutdown::Shutdown;
 
 use crate::request::{
-    Desired, create_cluster_entry, merge_status, publish_commands, publish_event,
-    record_superseded, set_desired,
+    Desired, count_and_send, merge_status, publish_commands, publish_event, record_outcome,
+    set_desired,
 };
 use crate::{Hub, internal, read, write_if};
 
@@ -370,14 +370,11 @@ async fn send_clusters(hub: &Hub, rollout: &Rollout, clusters: &[String]) -> Res
     .buffer_unordered(CONCURRENCY)
     .try_collect()
     .await?;
-    let desired: Vec<_> = outcomes
+    let commands: Vec<_> = outcomes
         .into_iter()
-        .filter_map(|o| match o {
-            Desired::Set(d) => Some(d),
-            _ => None,
-        })
+        .filter_map(Desired::into_command)
         .collect();
-    publish_commands(hub, &rollout.id, &desired).await
+    publish_commands(hub, &rollout.id, &commands).await
 }
 
 /// Marks clusters as left out, each with its reason.
@@ -503,53 +500,15 @@ async fn roll_back(hub: &Hub, rollout: &Rollout) -> Result<(), ApiError> {
                     rollout.request_sequence,
                 )
                 .await?;
-                match &outcome {
-                    Desired::Set(desired) => {
-                        create_cluster_entry(hub, &request.id, desired).await?
-                    }
-                    Desired::Superseded(newer) => {
-                        record_superseded(hub, &request.id, newer).await?
-                    }
-                    // A rollback or an uninstall carries no values to render.
-                    Desired::Refused(_) => {}
-                }
+                record_outcome(hub, &request.id, cluster, &outcome).await?;
                 Ok::<_, ApiError>(outcome)
             }
         }))
         .buffer_unordered(CONCURRENCY)
         .try_collect()
         .await?;
-    let superseded = outcomes
-        .iter()
-        .filter(|o| matches!(o, Desired::Superseded(_)))
-        .count();
-    if superseded > 0 {
-        // Counted done at once, as a request counts them (no status will come).
-        for _ in 0..20 {
-            let key = subject::token(&id);
-            let Some((mut current, revision)) = read::<RequestStatus>(&hub.requests, &key).await?
-            else {
-                break;
-            };
-            let progress = current.progress.unwrap_or_default();
-            if progress.done >= superseded {
-                break;
-            }
-            current.progress = Some(progress.apply((superseded as isize, 0)));
-            if write_if(&hub.requests, &key, &current, Some(revision)).await? {
-                break;
-            }
-        }
-    }
-    let desired: Vec<_> = outcomes
-        .into_iter()
-        .filter_map(|o| match o {
-            Desired::Set(d) => Some(d),
-            _ => None,
-        })
-        .collect();
-    publish_commands(hub, &id, &desired).await?;
-    tracing::info!(id = %rollout.id, rollback = %id, clusters = desired.len(), "rollout rolled back what it changed");
+    let (status, sent, _) = count_and_send(hub, status, outcomes).await?;
+    tracing::info!(id = %rollout.id, rollback = %id, clusters = sent, "rollout rolled back what it changed");
     publish_event(hub, &status).await
 }
 
