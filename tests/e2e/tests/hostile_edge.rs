@@ -252,6 +252,12 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
             "optikon.release.request".to_owned(),
             r#"{"apiVersion":"optikon/v1","id":"evil","action":"uninstall","release":"web","namespace":"default","selector":""}"#,
         ),
+        // Steer or forge a fleet rollout.
+        (
+            subject::ROLLOUT_CONTROL.to_owned(),
+            r#"{"apiVersion":"optikon/v1","id":"evil","action":"abort"}"#,
+        ),
+        (format!("$KV.{}.evil", subject::ROLLOUTS_BUCKET), "{}"),
         (subject::cluster_commands(VICTIM), "{}"),
         (
             subject::release_status(VICTIM, "default", "web"),
@@ -289,6 +295,10 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
     ensure!(
         hub.kv(subject::RELEASES_BUCKET, &key).await?.is_none(),
         "{from}: a forged release record was stored"
+    );
+    ensure!(
+        hub.kv(subject::ROLLOUTS_BUCKET, "evil").await?.is_none(),
+        "{from}: a forged rollout record was stored"
     );
     ensure!(
         hub.kv(subject::HEARTBEATS_BUCKET, VICTIM).await?.is_none(),
