@@ -4,8 +4,9 @@
 //! `charts` object store to its own charts, so edges do not read it: they ask here. The
 //! cluster is the subject's last token (the hub's permissions let only that cluster's
 //! identity publish there), never the body's. A fetch is served only when the newest
-//! `desired` entry of one of that cluster's releases pins the digest asked for; the reply
-//! format is `optikon_runtime::chart_fetch`'s.
+//! `desired` entry of one of that cluster's releases pins the digest asked for, or a
+//! preview the router asked of that cluster names it (a grant in `preview-grants`, which
+//! lasts minutes); the reply format is `optikon_runtime::chart_fetch`'s.
 
 use async_nats::jetstream::{self, kv, object_store::ObjectStore};
 use bytes::Bytes;
@@ -30,6 +31,7 @@ pub struct ChartFetch {
     js: jetstream::Context,
     charts: ObjectStore,
     desired: kv::Store,
+    preview_grants: kv::Store,
     max_archive_bytes: u64,
 }
 
@@ -38,12 +40,14 @@ impl ChartFetch {
         js: jetstream::Context,
         charts: ObjectStore,
         desired: kv::Store,
+        preview_grants: kv::Store,
         max_archive_bytes: u64,
     ) -> Self {
         ChartFetch {
             js,
             charts,
             desired,
+            preview_grants,
             max_archive_bytes,
         }
     }
@@ -136,10 +140,21 @@ impl ChartFetch {
         self.read_chart(&request.digest).await
     }
 
-    /// Succeeds when the newest desired state of one of `cluster`'s releases pins `digest`.
-    /// Older generations do not count: a cluster has no business with a chart it is no
-    /// longer meant to run.
+    /// Succeeds when the newest desired state of one of `cluster`'s releases pins `digest`,
+    /// or a preview asked of `cluster` names it. Older generations do not count: a cluster
+    /// has no business with a chart it is no longer meant to run.
     async fn authorize(&self, cluster: &str, digest: &str) -> Result<(), ApiError> {
+        if let Some(key) = subject::preview_grant_key(cluster, digest) {
+            let granted = self
+                .preview_grants
+                .entry(key.as_str())
+                .await
+                .map_err(|e| internal("read preview grants", e))?
+                .is_some_and(|e| e.operation == kv::Operation::Put);
+            if granted {
+                return Ok(());
+            }
+        }
         let filter = format!("{}.>", subject::token(cluster));
         let keys = optikon_runtime::kv::keys_matching(&self.js, subject::DESIRED_BUCKET, &filter)
             .await

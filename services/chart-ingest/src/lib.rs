@@ -48,15 +48,17 @@ impl ChartIngest {
                     js.get_object_store(subject::UPLOADS_BUCKET).await?,
                     js.get_key_value(subject::CHART_INDEX_BUCKET).await?,
                     js.get_key_value(subject::DESIRED_BUCKET).await?,
+                    js.get_key_value(subject::PREVIEW_GRANTS_BUCKET).await?,
                 ))
             };
             match opened.await {
-                Ok((charts, uploads, index, desired)) => {
+                Ok((charts, uploads, index, desired, grants)) => {
                     return Ok(ChartIngest {
                         fetch: fetch::ChartFetch::new(
                             js.clone(),
                             charts.clone(),
                             desired,
+                            grants,
                             limits.max_archive_bytes,
                         ),
                         charts,

@@ -144,6 +144,10 @@ pub struct WaitArgs {
     /// Seconds to wait for every cluster before giving up.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    /// Change nothing: ask each matching cluster what this would change there (a
+    /// server-side dry run at the edge) and show it, object by object.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -23,6 +23,7 @@ use crate::args::{
 use crate::output::{Table, print};
 use optikon_core::cluster_values::Overlay;
 use optikon_core::message::Health;
+use optikon_core::preview::PreviewOutcome;
 use optikon_core::rollout::{
     Amount, ControlAction, OfflinePolicy, Rollout, RolloutState, RolloutStrategy,
 };
@@ -377,6 +378,9 @@ async fn apply(client: &Client, action: Action, args: ApplyArgs) -> anyhow::Resu
 
 /// Publishes a request, then (unless told not to) follows it to the end.
 async fn follow(client: &Client, request: ReleaseRequest, wait: &WaitArgs) -> anyhow::Result<i32> {
+    if wait.dry_run {
+        return dry_run(client, &request).await;
+    }
     eprintln!(
         "request {}: {} {}",
         request.id, request.action, request.release
@@ -435,6 +439,29 @@ async fn follow(client: &Client, request: ReleaseRequest, wait: &WaitArgs) -> an
         }
         Err(other) => Err(other.into()),
     }
+}
+
+/// `--dry-run`: the preview, clusters with the same changes shown together. Exit code as
+/// for the real run: failed if it would fail somewhere, offline if a cluster could not be
+/// asked.
+async fn dry_run(client: &Client, request: &ReleaseRequest) -> anyhow::Result<i32> {
+    let preview = match client.preview(request).await {
+        Ok(preview) => preview,
+        Err(ClientError::Refused(error)) => {
+            eprintln!("error: request refused: {}", error.message);
+            return Ok(EXIT_BAD_INPUT);
+        }
+        Err(other) => return Err(other.into()),
+    };
+    print!("{}", output::preview(&preview));
+    let any = |outcome| preview.clusters.iter().any(|c| c.outcome == outcome);
+    Ok(if any(PreviewOutcome::Failed) {
+        EXIT_FAILED
+    } else if any(PreviewOutcome::Offline) {
+        EXIT_OFFLINE
+    } else {
+        0
+    })
 }
 
 /// How often a request still running says what it waits for.

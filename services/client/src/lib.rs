@@ -13,6 +13,7 @@ use optikon_core::message::{
     ApiError, ApiVersion, ChartIndexEntry, ClusterProgress, ClusterRecord, DesiredRelease,
     Heartbeat, ReleaseRequest, ReleaseStatus, Reply, RequestStatus, decode,
 };
+use optikon_core::preview::ReleasePreview;
 use optikon_core::rollout::{ControlAction, Rollout, RolloutControl};
 use optikon_core::{names, subject};
 
@@ -312,6 +313,32 @@ impl Client {
                 ))
             })?;
         decode::<Reply<Rollout>>("rollout control reply", &reply.payload)
+            .map_err(ClientError::Refused)?
+            .into_result()
+            .map_err(ClientError::Refused)
+    }
+
+    /// What `request` would change on each cluster it matches, asked of the clusters
+    /// (`--dry-run`); nothing is changed or stored.
+    pub async fn preview(&self, request: &ReleaseRequest) -> Result<ReleasePreview, ClientError> {
+        /// Each site has 30 s to answer; a few more for the router to gather them.
+        const PREVIEW_TIMEOUT: Duration = Duration::from_secs(45);
+        let body = serde_json::to_vec(request).expect("request serializes");
+        let reply = self
+            .nats
+            .send_request(
+                subject::PREVIEW_REQUEST,
+                async_nats::Request::new()
+                    .payload(body.into())
+                    .timeout(Some(PREVIEW_TIMEOUT)),
+            )
+            .await
+            .map_err(|e| {
+                ClientError::Nats(format!(
+                    "selector-router did not answer the preview ({e}): is it running?"
+                ))
+            })?;
+        decode::<Reply<ReleasePreview>>("preview reply", &reply.payload)
             .map_err(ClientError::Refused)?
             .into_result()
             .map_err(ClientError::Refused)

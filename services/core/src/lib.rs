@@ -8,6 +8,7 @@ pub mod cluster_values;
 pub mod manifest;
 pub mod message;
 pub mod names;
+pub mod preview;
 pub mod proximity;
 pub mod release_record;
 pub mod rollout;

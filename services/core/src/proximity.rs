@@ -185,11 +185,11 @@ pub fn choose<'a, A>(
         (None, Some(_)) => std::cmp::Ordering::Greater,
         (None, None) => a.cluster.cmp(b.cluster),
     });
-    let band = match ranked.first().and_then(|c| c.distance_km) {
-        Some(nearest) => Some(nearest + TIE_KM.max(nearest * TIE_FRACTION)),
-        // No distances at all: every site is as near as any other.
-        None => None,
-    };
+    // No distances at all (`None`): every site is as near as any other.
+    let band = ranked
+        .first()
+        .and_then(|c| c.distance_km)
+        .map(|nearest| nearest + TIE_KM.max(nearest * TIE_FRACTION));
     ranked
         .into_iter()
         .take_while(|c| match (band, c.distance_km) {

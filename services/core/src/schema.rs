@@ -10,6 +10,7 @@ use crate::message::{
     DnsAnswer, DnsResolveRequest, Heartbeat, ReleaseRequest, ReleaseStatus, Reply, RequestStatus,
     SiteServices,
 };
+use crate::preview::{ClusterPreview, ReleasePreview};
 use crate::rollout::{Rollout, RolloutControl};
 
 fn named<T: JsonSchema>(file: &'static str) -> (&'static str, Schema) {
@@ -37,6 +38,8 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         named::<Rollout>("rollout.json"),
         named::<RolloutControl>("rollout-control.json"),
         named::<Reply<Rollout>>("rollout-control-reply.json"),
+        named::<Reply<ReleasePreview>>("preview-reply.json"),
+        named::<Reply<ClusterPreview>>("cluster-preview-reply.json"),
     ]
 }
 

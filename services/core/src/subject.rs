@@ -59,6 +59,20 @@ pub const SERVICES_BUCKET: &str = "services";
 /// whose position the hub measures from, is the subject's last token; see [`dns_resolve`].
 pub const DNS_RESOLVE_PREFIX: &str = "optikon.api.dns.resolve";
 
+/// Request/reply: a client asks what a release request would change, without changing
+/// anything (`--dry-run`); the body is a `ReleaseRequest`, the reply a
+/// `Reply<ReleasePreview>` (see [`crate::preview`]).
+pub const PREVIEW_REQUEST: &str = "optikon.api.release.preview";
+/// Hub → edge request/reply: the router asks one cluster's executor to dry-run a desired
+/// release on `optikon.preview.ask.<cluster>` ([`preview_ask`]); the executor answers on the
+/// reply subject the router chose, `optikon.preview.answer.<cluster>.<nonce>`
+/// ([`preview_answer`]), the only replies a site may publish into the hub.
+pub const PREVIEW_ASK_PREFIX: &str = "optikon.preview.ask";
+pub const PREVIEW_ANSWER_PREFIX: &str = "optikon.preview.answer";
+/// Short-lived grants, `<cluster>.<digest hex>` → the `ChartPin` a preview names: chart-ingest
+/// serves a cluster's chart fetch for a chart its desired state names or one of these does.
+pub const PREVIEW_GRANTS_BUCKET: &str = "preview-grants";
+
 /// Request progress events: `optikon.event.request.<id>`, stored in `EVENTS`.
 pub const EVENT_REQUEST_PREFIX: &str = "optikon.event.request";
 pub const EVENTS_STREAM: &str = "EVENTS";
@@ -236,6 +250,24 @@ pub fn services_put(cluster: &str) -> String {
 /// `optikon.api.dns.resolve.<cluster>`
 pub fn dns_resolve(cluster: &str) -> String {
     format!("{DNS_RESOLVE_PREFIX}.{}", token(cluster))
+}
+
+/// `optikon.preview.ask.<cluster>`
+pub fn preview_ask(cluster: &str) -> String {
+    format!("{PREVIEW_ASK_PREFIX}.{}", token(cluster))
+}
+
+/// `optikon.preview.answer.<cluster>.<nonce>`
+pub fn preview_answer(cluster: &str, nonce: &str) -> String {
+    format!("{PREVIEW_ANSWER_PREFIX}.{}.{nonce}", token(cluster))
+}
+
+/// Key of a preview's chart grant in [`PREVIEW_GRANTS_BUCKET`]; `None` for a digest that
+/// is not `sha256:` and 64 hex digits (a key must not take a wildcard from a request).
+pub fn preview_grant_key(cluster: &str, digest: &str) -> Option<String> {
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| format!("{}.{hex}", token(cluster)))
 }
 
 /// The subject a heartbeat is stored under at the hub (what live watchers subscribe to).

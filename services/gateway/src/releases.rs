@@ -5,6 +5,7 @@
 //! exists), so bad input changes nothing; then it publishes one release request and follows
 //! it in the `requests` bucket until every target cluster has finished or the timeout ends.
 //! One cluster failing is part of the answer, not an error of the call.
+//! `/api/v1/previews` asks the clusters what a request would change, and changes nothing.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use optikon_core::message::{
     Action, ApiError, ChartRef, ClusterProgress, ErrorCode, ReleaseRequest, ReleaseState,
     ReleaseStatus, RequestStatus, Timestamp,
 };
+use optikon_core::preview::ReleasePreview;
 use optikon_core::rollout::{ControlAction, Rollout, RolloutStrategy};
 use optikon_core::selector::LabelSelector;
 use optikon_core::values;
@@ -39,6 +41,7 @@ pub fn routes() -> Routes<Gateway> {
         .get("/api/v1/requests/{id}", request)
         .get("/api/v1/rollouts/{id}", rollout)
         .post("/api/v1/rollouts/{id}/{action}", control_rollout)
+        .post("/api/v1/previews", preview)
 }
 
 /// Which chart to run: `{"name", "version"}`, `{"name"}` (its newest version) or
@@ -101,6 +104,26 @@ pub struct RollbackBody {
     /// Reach the clusters in waves behind a health gate (docs/rollouts.md).
     #[serde(default)]
     pub strategy: Option<RolloutStrategy>,
+}
+
+/// A preview (`--dry-run`): the request as it would be made; nothing changes.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PreviewBody {
+    pub action: Action,
+    pub release: String,
+    pub namespace: String,
+    pub selector: String,
+    /// Install and upgrade.
+    #[serde(default)]
+    pub chart: Option<ChartSpec>,
+    #[serde(default)]
+    pub values: Option<serde_json::Value>,
+    /// Rollback: the revision to return to.
+    #[serde(default)]
+    pub revision: Option<u32>,
+    #[serde(default)]
+    pub overlays: Vec<optikon_core::cluster_values::Overlay>,
 }
 
 /// `?wait=false` returns as soon as the hub has accepted the request; `?timeout=SECONDS`
@@ -550,6 +573,26 @@ async fn uninstall(
     require_release(&gateway.client, &release, &namespace, &selector).await?;
     let request = Client::new_request(Action::Uninstall, &release, &namespace, &selector_text);
     Ok(respond(carry_out(&gateway.client, &request, wait).await?))
+}
+
+/// What a request would change on each matching cluster, asked of the clusters.
+async fn preview(
+    State(gateway): State<Gateway>,
+    JsonBody(body): JsonBody<PreviewBody>,
+) -> Result<Json<ReleasePreview>, HttpError> {
+    check_target(&body.release, &body.namespace, &body.selector)?;
+    let values = parse_values(body.values)?;
+    let mut request =
+        Client::new_request(body.action, &body.release, &body.namespace, &body.selector);
+    if let Some(chart) = &body.chart {
+        request.chart = Some(resolve_chart(&gateway.client, chart).await?);
+    }
+    request.revision = body.revision.filter(|r| *r > 0);
+    optikon_core::cluster_values::check_overlays(&body.overlays)?;
+    request.overlays = body.overlays;
+    values.fill(&mut request);
+    request.check()?;
+    Ok(Json(gateway.client.preview(&request).await?))
 }
 
 #[derive(Debug, Deserialize)]

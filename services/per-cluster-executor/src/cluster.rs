@@ -17,6 +17,7 @@ mod drift;
 mod history;
 mod hooks;
 mod objects;
+mod preview;
 mod readiness;
 mod render;
 mod watch;
@@ -244,6 +245,16 @@ struct Previous {
     /// Objects of the newest record and of the last deployed one: a failed revision may have
     /// applied part of its objects, and those must be pruned too.
     objects: Vec<ManifestObject>,
+}
+
+/// A revision ready to be carried out: what it records and the objects it applies.
+struct Plan {
+    previous: Previous,
+    release: HelmRelease,
+    objects: Vec<ManifestObject>,
+    /// From the chart's `crds/`, created before anything else.
+    crds: Vec<ManifestObject>,
+    verb: Verb,
 }
 
 /// An object to apply: placed now, or once the CRD defining its kind (earlier in the same
@@ -682,35 +693,49 @@ impl ClusterTarget {
         history: &History,
         resume: Option<&StoredRecord>,
     ) -> Result<Outcome, ClusterError> {
+        match self.plan_deploy(desired, chart_tgz, history).await? {
+            Ok(plan) => self.carry_out(desired, history, resume, plan).await,
+            Err(refused) => Ok(refused),
+        }
+    }
+
+    /// Install and upgrade up to the cluster: the rendered revision and its objects, or the
+    /// outcome of a request that cannot be carried out (the chart does not render, ...).
+    async fn plan_deploy(
+        &self,
+        desired: &DesiredRelease,
+        chart_tgz: Option<&[u8]>,
+        history: &History,
+    ) -> Result<Result<Plan, Outcome>, ClusterError> {
         let (name, namespace) = (&desired.release, &desired.namespace);
         let previous = match previous(history, namespace) {
             Ok(previous) => previous,
-            Err(reason) => return Ok(Outcome::failed(reason)),
+            Err(reason) => return Ok(Err(Outcome::failed(reason))),
         };
         if desired.action == Action::Upgrade && previous.live.is_none() {
-            return Ok(Outcome::failed(format!(
+            return Ok(Err(Outcome::failed(format!(
                 "release {name} has no deployed revision in namespace {namespace}; install it first"
-            )));
+            ))));
         }
         let Some(chart_tgz) = chart_tgz else {
-            return Ok(Outcome::failed(format!(
+            return Ok(Err(Outcome::failed(format!(
                 "no chart archive was given to {} release {name}",
                 desired.action
-            )));
+            ))));
         };
         let chart = match load_chart(chart_tgz) {
             Ok(chart) => chart,
-            Err(reason) => return Ok(Outcome::failed(reason)),
+            Err(reason) => return Ok(Err(Outcome::failed(reason))),
         };
         let values = match &desired.values {
             Value::Object(values) => values.clone(),
             Value::Null => Map::new(),
             other => {
-                return Ok(Outcome::failed(format!(
+                return Ok(Err(Outcome::failed(format!(
                     "values must be a JSON object of keys to values, not {}",
                     json_kind(other)
                 ))
-                .with_chart(&chart.summary));
+                .with_chart(&chart.summary)));
             }
         };
 
@@ -733,7 +758,7 @@ impl ClusterTarget {
                     "chart {}-{} did not render: {reason}",
                     chart.summary.name, chart.summary.version
                 );
-                return Ok(Outcome::failed(reason).with_chart(&chart.summary));
+                return Ok(Err(Outcome::failed(reason).with_chart(&chart.summary)));
             }
         };
         let mut record = chart.record;
@@ -748,7 +773,7 @@ impl ClusterTarget {
                     "chart {}-{} rendered invalid output: {error}",
                     chart.summary.name, chart.summary.version
                 );
-                return Ok(Outcome::failed(reason).with_chart(&chart.summary));
+                return Ok(Err(Outcome::failed(reason).with_chart(&chart.summary)));
             }
         };
         let mut objects = rendered.objects;
@@ -781,17 +806,13 @@ impl ClusterTarget {
         } else {
             Verb::Install
         };
-        self.carry_out(
-            desired,
-            history,
-            resume,
-            &previous,
+        Ok(Ok(Plan {
+            previous,
             release,
             objects,
-            rendered.crds,
+            crds: rendered.crds,
             verb,
-        )
-        .await
+        }))
     }
 
     /// Rollback: re-apply a stored revision's manifest (Helm's `helm rollback` never re-renders,
@@ -802,38 +823,50 @@ impl ClusterTarget {
         history: &History,
         resume: Option<&StoredRecord>,
     ) -> Result<Outcome, ClusterError> {
+        match self.plan_rollback(desired, history).await? {
+            Ok(plan) => self.carry_out(desired, history, resume, plan).await,
+            Err(refused) => Ok(refused),
+        }
+    }
+
+    /// Rollback up to the cluster: the stored revision to return to, as a new revision.
+    async fn plan_rollback(
+        &self,
+        desired: &DesiredRelease,
+        history: &History,
+    ) -> Result<Result<Plan, Outcome>, ClusterError> {
         let (name, namespace) = (&desired.release, &desired.namespace);
         let Some(newest) = history.newest() else {
-            return Ok(Outcome::failed(format!(
+            return Ok(Err(Outcome::failed(format!(
                 "release {name} is not installed in namespace {namespace}; nothing to roll back"
-            )));
+            ))));
         };
         let target_version = desired
             .rollback_to
             .filter(|v| *v > 0)
             .unwrap_or(newest.version.saturating_sub(1));
         let Some(target) = history.get(target_version) else {
-            return Ok(Outcome::failed(format!(
+            return Ok(Err(Outcome::failed(format!(
                 "release {name} in namespace {namespace} has no revision {target_version} to roll \
                  back to (it has {})",
                 history.versions()
-            )));
+            ))));
         };
         let target = match target.decode() {
             Ok(target) => target,
-            Err(error) => return Ok(Outcome::failed(unreadable(target, &error))),
+            Err(error) => return Ok(Err(Outcome::failed(unreadable(target, &error)))),
         };
         let previous = match previous(history, namespace) {
             Ok(previous) => previous,
-            Err(reason) => return Ok(Outcome::failed(reason)),
+            Err(reason) => return Ok(Err(Outcome::failed(reason))),
         };
         let mut objects = match manifest::parse(&target.manifest) {
             Ok(rendered) => rendered.objects,
             Err(error) => {
-                return Ok(Outcome::failed(format!(
+                return Ok(Err(Outcome::failed(format!(
                     "revision {target_version} of release {name} has a manifest that cannot be \
                      read: {error}"
-                )));
+                ))));
             }
         };
         manifest::install_order(&mut objects);
@@ -857,17 +890,13 @@ impl ClusterTarget {
             labels: history::optikon_labels(desired.generation, history.next_version()),
             ..target
         };
-        self.carry_out(
-            desired,
-            history,
-            resume,
-            &previous,
+        Ok(Ok(Plan {
+            previous,
             release,
             objects,
-            Vec::new(),
-            Verb::Rollback(target_version),
-        )
-        .await
+            crds: Vec::new(),
+            verb: Verb::Rollback(target_version),
+        }))
     }
 
     /// Records the revision `pending-*`, as helm does, then runs the hooks around the
@@ -875,18 +904,21 @@ impl ClusterTarget {
     /// leaves no record (as with helm); after (a hook counts), the revision is recorded
     /// `failed`. `resume` is this generation's own revision, left pending by an attempt that
     /// was cut off: it is written over, not added to.
-    #[allow(clippy::too_many_arguments)]
     async fn carry_out(
         &self,
         desired: &DesiredRelease,
         history: &History,
         resume: Option<&StoredRecord>,
-        previous: &Previous,
-        mut release: HelmRelease,
-        objects: Vec<ManifestObject>,
-        crds: Vec<ManifestObject>,
-        verb: Verb,
+        plan: Plan,
     ) -> Result<Outcome, ClusterError> {
+        let Plan {
+            previous,
+            mut release,
+            objects,
+            crds,
+            verb,
+        } = plan;
+        let previous = &previous;
         let chart = history::chart_summary(&release.chart);
         if let Err(reason) = history::check_size(&release) {
             return Ok(Outcome::failed(reason).with_chart(&chart));

@@ -19,13 +19,14 @@
 //!
 //! By role: `commands` consumes and carries out commands, `catch_up` settles releases left
 //! behind at start, `reconcile` runs drift correction, `charts` finds the charts commands
-//! name, `status` stores what became of them; [`cluster`] is everything done to the
+//! name, `status` stores what became of them, `previews` answers `--dry-run`; [`cluster`] is everything done to the
 //! Kubernetes cluster itself.
 
 mod catch_up;
 mod charts;
 pub mod cluster;
 mod commands;
+mod previews;
 mod reconcile;
 mod status;
 
@@ -162,6 +163,13 @@ impl Executor {
             .await
             .map_err(nats_err)?;
         tokio::spawn(self.clone().catch_up(consumer.clone()));
+        let previews = self.clone();
+        let previews_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(error) = previews.answer_previews(previews_shutdown).await {
+                tracing::error!(%error, "previews cannot be answered");
+            }
+        });
         if let Some(interval) = self.config.drift_interval {
             tokio::spawn(self.clone().correct_drift_forever(
                 consumer.clone(),

@@ -217,6 +217,17 @@ pub async fn ensure_hub(js: &jetstream::Context) -> Result<(), TopologyError> {
         )
         .await?;
     }
+    ensure_kv(
+        js,
+        kv::Config {
+            bucket: subject::PREVIEW_GRANTS_BUCKET.into(),
+            history: 1,
+            // A grant lets a site fetch the chart a preview names; previews take seconds.
+            max_age: Duration::from_secs(600),
+            ..Default::default()
+        },
+    )
+    .await?;
     ensure_object_store(
         js,
         object_store::Config {

@@ -8,12 +8,15 @@
 //! - [`registry`]: edges announce themselves; the hub starts sourcing their status.
 //! - [`rollout`]: requests with a strategy reach their clusters wave by wave, behind a
 //!   health gate (KV `rollouts`); pause, resume and abort on `optikon.api.rollout.control`.
+//! - [`preview`]: `--dry-run`: each target cluster is asked what the request would change
+//!   there, on `optikon.api.release.preview`; nothing is stored.
 //! - [`view`]: the cluster registry, followed live, which requests match their selectors in.
 //!
 //! Replicas share the work through durable consumers and queue groups.
 
 pub mod desired_view;
 pub mod fold;
+pub mod preview;
 pub mod registry;
 pub mod request;
 pub mod rollout;
@@ -40,6 +43,7 @@ pub struct Hub {
     pub request_clusters: kv::Store,
     pub chart_index: kv::Store,
     pub rollouts: kv::Store,
+    pub preview_grants: kv::Store,
     /// Every cluster record, followed live (see [`view`]).
     pub cluster_view: view::ClusterView,
     /// Every `desired` entry, followed live (see [`desired_view`]).
@@ -61,6 +65,7 @@ impl Hub {
             request_clusters: js.get_key_value(subject::REQUEST_CLUSTERS_BUCKET).await?,
             chart_index: js.get_key_value(subject::CHART_INDEX_BUCKET).await?,
             rollouts: js.get_key_value(subject::ROLLOUTS_BUCKET).await?,
+            preview_grants: js.get_key_value(subject::PREVIEW_GRANTS_BUCKET).await?,
             js,
         })
     }
@@ -101,7 +106,8 @@ pub async fn run(
         )),
         Box::pin(fold::run(hub.clone(), shutdown.clone())),
         Box::pin(registry::run(client.clone(), hub.clone(), shutdown.clone())),
-        Box::pin(rollout::run(client, hub.clone(), shutdown.clone())),
+        Box::pin(rollout::run(client.clone(), hub.clone(), shutdown.clone())),
+        Box::pin(preview::run(client, hub.clone(), shutdown.clone())),
         Box::pin(keep_heartbeats_bucket(hub.js, shutdown)),
     )?;
     Ok(())

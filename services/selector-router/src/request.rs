@@ -233,7 +233,7 @@ pub(crate) async fn count_and_send(
 
 /// The request's values as they apply to one cluster: overlays its labels match appended,
 /// cluster expressions rendered. Only an install or upgrade carries values.
-fn cluster_values(
+pub(crate) fn cluster_values(
     request: &ReleaseRequest,
     cluster: &str,
     labels: &BTreeMap<String, String>,
@@ -341,7 +341,7 @@ pub(crate) async fn create_cluster_entry(
 }
 
 /// KV reads and writes, and command publishes, in flight at once for one request.
-const CONCURRENCY: usize = 128;
+pub(crate) const CONCURRENCY: usize = 128;
 
 /// Publishes one command per cluster, pipelined: up to [`CONCURRENCY`] wait for their
 /// store acknowledgement at once. `Nats-Msg-Id: <request>.<cluster>` makes a repeat after a
@@ -383,13 +383,13 @@ pub async fn send_command(
 }
 
 /// What a valid request resolves to.
-struct Plan {
-    chart: Option<ChartPin>,
-    clusters: Vec<ClusterRecord>,
+pub(crate) struct Plan {
+    pub(crate) chart: Option<ChartPin>,
+    pub(crate) clusters: Vec<ClusterRecord>,
 }
 
 /// Checks the request and resolves its chart and target clusters.
-async fn plan(hub: &Hub, request: &ReleaseRequest) -> Result<Plan, ApiError> {
+pub(crate) async fn plan(hub: &Hub, request: &ReleaseRequest) -> Result<Plan, ApiError> {
     let selector = request.check()?;
     // `check` made sure an install or upgrade names a chart; other actions need none.
     let chart = match (&request.chart, request.action) {

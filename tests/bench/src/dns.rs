@@ -123,7 +123,7 @@ pub fn run(
     let conf = nsd.config().display().to_string();
     let nsd_pids: Vec<u32> = cpu::processes()
         .into_iter()
-        .filter(|(_, args)| args.iter().any(|a| *a == conf))
+        .filter(|(_, args)| args.contains(&conf))
         .map(|(pid, _)| pid)
         .collect();
     let mut runs = vec![

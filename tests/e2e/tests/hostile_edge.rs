@@ -229,6 +229,14 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
         "{from}: the victim's command consumer is gone"
     );
 
+    // The router listening for the victim's answer to a preview: the thief's forgery must
+    // not reach it.
+    let mut victims_answers = hub
+        .client
+        .subscribe(subject::preview_answer(VICTIM, "guessed"))
+        .await?;
+    hub.client.flush().await?;
+
     // Write other sites' KV entries, and the hub's own buckets.
     let key = subject::release_key(VICTIM, "default", "web");
     let desired_before = hub.kv(subject::DESIRED_BUCKET, &key).await?;
@@ -258,6 +266,22 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
             r#"{"apiVersion":"optikon/v1","id":"evil","action":"abort"}"#,
         ),
         (format!("$KV.{}.evil", subject::ROLLOUTS_BUCKET), "{}"),
+        // Ask for a preview (every site's rendered values would be in the answer), grant
+        // itself a chart, or forge another site's answer to a preview.
+        (
+            subject::PREVIEW_REQUEST.to_owned(),
+            r#"{"apiVersion":"optikon/v1","id":"evil","action":"uninstall","release":"web","namespace":"default","selector":""}"#,
+        ),
+        (
+            format!(
+                "$KV.{}.{}",
+                subject::PREVIEW_GRANTS_BUCKET,
+                subject::preview_grant_key(THIEF, &format!("sha256:{}", "0".repeat(64)))
+                    .expect("a valid digest")
+            ),
+            "{}",
+        ),
+        (subject::preview_answer(VICTIM, "guessed"), "{}"),
         (subject::cluster_commands(VICTIM), "{}"),
         (
             subject::release_status(VICTIM, "default", "web"),
@@ -299,6 +323,19 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
     ensure!(
         hub.kv(subject::ROLLOUTS_BUCKET, "evil").await?.is_none(),
         "{from}: a forged rollout record was stored"
+    );
+    let forged_answer =
+        tokio::time::timeout(Duration::from_millis(500), victims_answers.next()).await;
+    ensure!(
+        forged_answer.is_err(),
+        "{from}: an answer to a preview of {VICTIM} was forged"
+    );
+    ensure!(
+        optikon_runtime::kv::keys(&hub.js, subject::PREVIEW_GRANTS_BUCKET)
+            .await
+            .map_err(anyhow::Error::msg)?
+            .is_empty(),
+        "{from}: a preview grant was forged"
     );
     ensure!(
         hub.kv(subject::HEARTBEATS_BUCKET, VICTIM).await?.is_none(),
@@ -362,6 +399,9 @@ async fn attacks_fail(hub: &Hub, thief: &async_nats::Client, from: &str) -> anyh
         "optikon.event.request.secret".to_owned(),
         format!("$KV.desired.{key}"),
         "optikon.api.chart.push".to_owned(),
+        // Another site's previews carry its desired values.
+        subject::preview_ask(VICTIM),
+        subject::PREVIEW_REQUEST.to_owned(),
     ] {
         hub.client
             .publish(subject, "for someone else".into())

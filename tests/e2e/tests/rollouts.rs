@@ -599,3 +599,298 @@ async fn values_follow_each_clusters_name_and_labels() -> anyhow::Result<()> {
     optikon(&testbed, &["uninstall", release, "-n", namespace])?.ok()?;
     Ok(())
 }
+
+/// One object of the release as it is on a site: (what, resource version or, for
+/// workloads, generation). Creating, changing or deleting it changes the set.
+async fn objects_on(
+    testbed: &Testbed,
+    site: &str,
+    namespace: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+    let client = kube_client(testbed, site).await?;
+    let params = kube::api::ListParams::default();
+    let mut seen = std::collections::BTreeMap::new();
+    let key = |kind: &str, name: Option<String>| {
+        format!("{kind} {namespace}/{}", name.unwrap_or_default())
+    };
+    for m in kube::Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .list(&params)
+        .await?
+    {
+        if m.metadata.name.as_deref() != Some("kube-root-ca.crt") {
+            seen.insert(
+                key("ConfigMap", m.metadata.name),
+                m.metadata.resource_version.unwrap_or_default(),
+            );
+        }
+    }
+    for s in kube::Api::<Service>::namespaced(client.clone(), namespace)
+        .list(&params)
+        .await?
+    {
+        seen.insert(
+            key("Service", s.metadata.name),
+            s.metadata.resource_version.unwrap_or_default(),
+        );
+    }
+    for a in kube::Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .list(&params)
+        .await?
+    {
+        if a.metadata.name.as_deref() != Some("default") {
+            seen.insert(
+                key("ServiceAccount", a.metadata.name),
+                a.metadata.resource_version.unwrap_or_default(),
+            );
+        }
+    }
+    // A workload's status changes all the time; its generation only when its spec does.
+    for d in kube::Api::<Deployment>::namespaced(client, namespace)
+        .list(&params)
+        .await?
+    {
+        seen.insert(
+            key("Deployment", d.metadata.name),
+            d.metadata.generation.unwrap_or_default().to_string(),
+        );
+    }
+    Ok(seen)
+}
+
+/// The objects a printed preview names for one group of clusters, with their change.
+fn previewed_objects(text: &str, group: &str) -> std::collections::BTreeMap<String, String> {
+    text.split("\n\n")
+        .find(|part| part.starts_with(group))
+        .into_iter()
+        .flat_map(|part| part.lines())
+        .filter_map(|line| {
+            let rest = line.strip_prefix("  ")?;
+            let (mark, rest) = rest.split_once(' ')?;
+            if !["+", "~", "-", "="].contains(&mark) {
+                return None;
+            }
+            let (object, change) = rest.rsplit_once(" (")?;
+            Some((object.to_owned(), change.trim_end_matches(')').to_owned()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_shows_what_the_real_run_then_changes() -> anyhow::Result<()> {
+    let mut testbed = testbed().await;
+    wait_until_healthy(&testbed).await?;
+    let (release, namespace) = ("preview", "rollouts-preview");
+    let dir = tempfile::tempdir()?;
+    let templates = dir.path().join(release).join("templates");
+    std::fs::create_dir_all(&templates)?;
+    std::fs::write(
+        dir.path().join(release).join("Chart.yaml"),
+        "apiVersion: v2\nname: preview\nversion: 0.1.0\n",
+    )?;
+    std::fs::write(
+        dir.path().join(release).join("values.yaml"),
+        "greeting: hello\nextra: false\n",
+    )?;
+    std::fs::write(
+        templates.join("settings.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-settings\ndata:\n  greeting: {{ .Values.greeting | quote }}\n",
+    )?;
+    std::fs::write(
+        templates.join("extra.yaml"),
+        "{{- if .Values.extra }}\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-extra\ndata:\n  added: \"yes\"\n{{- end }}\n",
+    )?;
+    std::fs::write(
+        templates.join("legacy.yaml"),
+        "{{- if not .Values.extra }}\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-legacy\ndata:\n  old: \"yes\"\n{{- end }}\n",
+    )?;
+    std::fs::write(
+        templates.join("service.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {{ .Release.Name }}\nspec:\n  ports:\n  - port: 80\n  selector:\n    app: {{ .Release.Name }}\n",
+    )?;
+    let chart = package(&testbed, dir.path(), release, "0.1.0")?;
+    optikon(&testbed, &["install", release, &chart, "-n", namespace])?.ok()?;
+
+    // A preview of an install that would fail: the chart's values need a label nobody has.
+    let refused = optikon(
+        &testbed,
+        &[
+            "install",
+            "preview-bad",
+            &chart,
+            "-n",
+            namespace,
+            "--set",
+            "greeting={{ .Cluster.Labels.Shelf }}",
+            "--dry-run",
+        ],
+    )?;
+    assert_eq!(refused.code, 1, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stdout.contains("would fail:") && refused.stdout.contains("Shelf"),
+        "{}",
+        refused.stdout
+    );
+
+    testbed.cut_link("copenhagen-3")?;
+    let upgrade = [
+        "upgrade",
+        release,
+        "preview",
+        "--version",
+        "0.1.0",
+        "-n",
+        namespace,
+        "--set",
+        "greeting=hej",
+        "--set",
+        "extra=true",
+    ];
+    let sites = ["copenhagen-1", "copenhagen-2"];
+    let mut before = std::collections::BTreeMap::new();
+    for site in sites {
+        before.insert(site, objects_on(&testbed, site, namespace).await?);
+    }
+    let shown = async {
+        let mut dry = upgrade.to_vec();
+        dry.push("--dry-run");
+        optikon(&testbed, &dry)
+    }
+    .await;
+    testbed.restore_link("copenhagen-3")?;
+    let shown = shown?;
+    // Exit code 4: a site could not be asked.
+    assert_eq!(shown.code, 4, "{}\n{}", shown.stdout, shown.stderr);
+    let text = &shown.stdout;
+    assert!(
+        text.contains("\ncopenhagen-1, copenhagen-2: revision 1 -> 2, 3 object(s) change\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\ncopenhagen-3: offline, not previewed\n"),
+        "{text}"
+    );
+    assert!(text.contains("copenhagen-3: unreachable since"), "{text}");
+    assert!(
+        text.contains("-  greeting: hello\n") && text.contains("+  greeting: hej\n"),
+        "{text}"
+    );
+    let previewed = previewed_objects(text, "copenhagen-1");
+    let object = |kind: &str, name: &str| format!("{kind} {namespace}/{name}");
+    assert_eq!(
+        previewed,
+        [
+            (object("ConfigMap", "preview-settings"), "update"),
+            (object("ConfigMap", "preview-extra"), "create"),
+            (object("ConfigMap", "preview-legacy"), "delete"),
+            (object("Service", "preview"), "unchanged"),
+        ]
+        .into_iter()
+        .map(|(o, c)| (o, c.to_owned()))
+        .collect(),
+        "{text}"
+    );
+
+    // Nothing changed: the same objects, the same revision.
+    for site in sites {
+        assert_eq!(
+            objects_on(&testbed, site, namespace).await?,
+            before[site],
+            "{site}"
+        );
+        assert_eq!(
+            history(&testbed, site, release, namespace)?.len(),
+            1,
+            "{site}"
+        );
+    }
+
+    // The real run changes exactly what the preview said, on each site it previewed.
+    optikon(&testbed, &upgrade)?.ok()?;
+    let mut expected = previewed.clone();
+    expected.retain(|_, change| change != "unchanged");
+    for site in sites {
+        let (before, after) = (&before[site], objects_on(&testbed, site, namespace).await?);
+        let mut changed = std::collections::BTreeMap::new();
+        for (name, version) in &after {
+            match before.get(name) {
+                None => changed.insert(name.clone(), "create".to_owned()),
+                Some(old) if old != version => changed.insert(name.clone(), "update".to_owned()),
+                Some(_) => None,
+            };
+        }
+        for name in before.keys().filter(|n| !after.contains_key(*n)) {
+            changed.insert(name.clone(), "delete".to_owned());
+        }
+        assert_eq!(
+            changed, expected,
+            "{site}: before {before:?}, after {after:?}"
+        );
+    }
+    let client = kube_client(&testbed, "copenhagen-2").await?;
+    let settings: k8s_openapi::api::core::v1::ConfigMap = kube::Api::namespaced(client, namespace)
+        .get("preview-settings")
+        .await?;
+    assert_eq!(
+        settings
+            .data
+            .unwrap_or_default()
+            .get("greeting")
+            .map(String::as_str),
+        Some("hej")
+    );
+
+    // An uninstall's preview through the HTTP API, as scripts ask it: every object goes.
+    let base = testbed
+        .gateway_url()
+        .context("the test bed runs no gateway")?
+        .trim_end_matches('/')
+        .to_owned();
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let answer: serde_json::Value = http
+        .post(format!("{base}/api/v1/previews"))
+        .json(&serde_json::json!({
+            "action": "uninstall", "release": release, "namespace": namespace,
+            "selector": "ID=123",
+        }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let clusters = answer["clusters"].as_array().context("clusters")?;
+    assert_eq!(clusters.len(), 1, "{answer}");
+    assert_eq!(clusters[0]["cluster"], "copenhagen-1", "{answer}");
+    assert_eq!(clusters[0]["outcome"], "previewed", "{answer}");
+    assert_eq!(clusters[0]["revision"], 2, "{answer}");
+    let mut gone: Vec<(String, String)> = clusters[0]["objects"]
+        .as_array()
+        .context("objects")?
+        .iter()
+        .map(|o| {
+            (
+                o["object"].as_str().unwrap_or("").to_owned(),
+                o["change"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    gone.sort();
+    let delete = |o: String| (o, "delete".to_owned());
+    assert_eq!(
+        gone,
+        [
+            delete(object("ConfigMap", "preview-extra")),
+            delete(object("ConfigMap", "preview-settings")),
+            delete(object("Service", "preview")),
+        ],
+        "{answer}"
+    );
+    assert_eq!(
+        history(&testbed, "copenhagen-1", release, namespace)?.len(),
+        2
+    );
+
+    optikon(&testbed, &["uninstall", release, "-n", namespace])?.ok()?;
+    Ok(())
+}

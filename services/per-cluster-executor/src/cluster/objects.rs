@@ -270,6 +270,28 @@ pub(crate) async fn apply(
     Ok(serde_json::to_value(live).unwrap_or_default())
 }
 
+/// [`apply`] as a server-side dry run (`dryRun=All`): the object as the API server would
+/// store it, defaults and admission included; nothing changes.
+pub(crate) async fn dry_run_apply(
+    client: &kube::Client,
+    placed: &Placed,
+    owner: Option<(&str, &str)>,
+) -> Result<Value, Halt> {
+    let body = apply_body(placed, owner);
+    let mut params = PatchParams::apply(FIELD_MANAGER).force();
+    params.dry_run = true;
+    let after = placed
+        .api(client)
+        .patch(&placed.object.name, &params, &Patch::Apply(&body))
+        .await
+        .map_err(|e| {
+            halt(e, || {
+                format!("apply {}{} (dry run)", placed.describe(), placed.source())
+            })
+        })?;
+    Ok(serde_json::to_value(after).unwrap_or_default())
+}
+
 /// Creates the object as given, without Helm's ownership marks, as Helm creates a hook: an
 /// object already there is refused by the API server, not taken over. Returns the live object.
 pub(crate) async fn create(
@@ -296,7 +318,7 @@ pub(crate) async fn exists(client: &kube::Client, placed: &Placed) -> Result<boo
 }
 
 /// The live object, `None` if it (or its resource) does not exist.
-async fn live(client: &kube::Client, placed: &Placed) -> Result<Option<Value>, Halt> {
+pub(crate) async fn live(client: &kube::Client, placed: &Placed) -> Result<Option<Value>, Halt> {
     match placed.api(client).get(&placed.object.name).await {
         Ok(object) => Ok(Some(serde_json::to_value(object).unwrap_or_default())),
         Err(e) if is_not_found(&e) => Ok(None),
