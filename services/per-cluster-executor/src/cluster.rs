@@ -693,8 +693,9 @@ impl ClusterTarget {
         history: &History,
         resume: Option<&StoredRecord>,
     ) -> Result<Outcome, ClusterError> {
-        match self.plan_deploy(desired, chart_tgz, history).await? {
-            Ok(plan) => self.carry_out(desired, history, resume, plan).await,
+        // Boxed, each: both are large futures, and `execute` runs on its caller's stack.
+        match Box::pin(self.plan_deploy(desired, chart_tgz, history)).await? {
+            Ok(plan) => Box::pin(self.carry_out(desired, history, resume, plan)).await,
             Err(refused) => Ok(refused),
         }
     }
@@ -823,8 +824,8 @@ impl ClusterTarget {
         history: &History,
         resume: Option<&StoredRecord>,
     ) -> Result<Outcome, ClusterError> {
-        match self.plan_rollback(desired, history).await? {
-            Ok(plan) => self.carry_out(desired, history, resume, plan).await,
+        match Box::pin(self.plan_rollback(desired, history)).await? {
+            Ok(plan) => Box::pin(self.carry_out(desired, history, resume, plan)).await,
             Err(refused) => Ok(refused),
         }
     }

@@ -49,9 +49,9 @@ impl ClusterTarget {
             .map(|r| r.version);
         let planned = match desired.action {
             Action::Install | Action::Upgrade => {
-                self.plan_deploy(desired, chart_tgz, &history).await?
+                Box::pin(self.plan_deploy(desired, chart_tgz, &history)).await?
             }
-            Action::Rollback => self.plan_rollback(desired, &history).await?,
+            Action::Rollback => Box::pin(self.plan_rollback(desired, &history)).await?,
             Action::Uninstall => return self.preview_uninstall(desired, &history, revision).await,
         };
         let plan = match planned {
