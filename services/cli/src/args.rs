@@ -35,6 +35,8 @@ pub enum Command {
     List(ListArgs),
     /// Show a release on each cluster, with failure reasons.
     Status(StatusArgs),
+    /// What became of a release on one cluster, change by change, as it reported it.
+    History(HistoryArgs),
     /// List edge clusters with labels and health.
     Clusters(ClustersArgs),
     /// Change an edge cluster.
@@ -225,6 +227,18 @@ pub struct ListArgs {
     /// Only this namespace (default: all).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HistoryArgs {
+    pub release: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// The cluster.
+    #[arg(long)]
+    pub cluster: String,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -166,6 +166,49 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             });
             0
         }
+        Command::History(args) => {
+            names::validate_cluster_name(&args.cluster).map_err(|e| bad_input(e.to_string()))?;
+            let history = client
+                .release_history(&args.cluster, &args.namespace, &args.release)
+                .await
+                .map_err(classify)?;
+            if history.is_empty() {
+                eprintln!(
+                    "cluster {} has reported nothing of release {} in namespace {} (the hub keeps 7 days)",
+                    args.cluster, args.release, args.namespace
+                );
+                return Ok(EXIT_FAILED);
+            }
+            print(args.output.format, &history, || {
+                let mut t = Table::new(vec![
+                    "TIME",
+                    "GENERATION",
+                    "ACTION",
+                    "STATE",
+                    "REVISION",
+                    "CHART",
+                    "REASON",
+                ]);
+                for s in &history {
+                    t.rows.push(vec![
+                        s.at.to_string(),
+                        s.generation.to_string(),
+                        s.action.to_string(),
+                        s.state.to_string(),
+                        s.revision
+                            .map(|r| r.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        s.chart
+                            .as_ref()
+                            .map(|c| format!("{}-{}", c.name, c.version))
+                            .unwrap_or_else(|| "-".into()),
+                        s.reason.clone().unwrap_or_default(),
+                    ]);
+                }
+                t
+            });
+            0
+        }
         Command::Clusters(args) => {
             let selector = parse_selector(&args.selector)?;
             let mut clusters = client.clusters().await.map_err(classify)?;

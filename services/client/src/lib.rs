@@ -318,6 +318,28 @@ impl Client {
             .map_err(ClientError::Refused)
     }
 
+    /// What became of a release on one cluster, oldest first: every status the cluster
+    /// reported, as the hub keeps them (`STATUS_HUB`: the newest 1,000 per release, for 7
+    /// days). Statuses this build cannot read are left out.
+    pub async fn release_history(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        release: &str,
+    ) -> Result<Vec<ReleaseStatus>, ClientError> {
+        let bodies = optikon_runtime::kv::stream_messages(
+            &self.js,
+            subject::STATUS_HUB_STREAM,
+            &subject::release_status(cluster, namespace, release),
+        )
+        .await
+        .map_err(ClientError::Nats)?;
+        Ok(bodies
+            .iter()
+            .filter_map(|body| serde_json::from_slice(body).ok())
+            .collect())
+    }
+
     /// What `request` would change on each cluster it matches, asked of the clusters
     /// (`--dry-run`); nothing is changed or stored.
     pub async fn preview(&self, request: &ReleaseRequest) -> Result<ReleasePreview, ClientError> {

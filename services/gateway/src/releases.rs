@@ -38,6 +38,7 @@ pub fn routes() -> Routes<Gateway> {
         .put("/api/v1/releases/{namespace}/{release}", upgrade)
         .delete("/api/v1/releases/{namespace}/{release}", uninstall)
         .post("/api/v1/releases/{namespace}/{release}/rollback", rollback)
+        .get("/api/v1/releases/{namespace}/{release}/history", history)
         .get("/api/v1/requests/{id}", request)
         .get("/api/v1/rollouts/{id}", rollout)
         .post("/api/v1/rollouts/{id}/{action}", control_rollout)
@@ -573,6 +574,38 @@ async fn uninstall(
     require_release(&gateway.client, &release, &namespace, &selector).await?;
     let request = Client::new_request(Action::Uninstall, &release, &namespace, &selector_text);
     Ok(respond(carry_out(&gateway.client, &request, wait).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    pub cluster: String,
+}
+
+/// What became of a release on one cluster, oldest first, as it reported it.
+async fn history(
+    State(gateway): State<Gateway>,
+    Path((namespace, release)): Path<(String, String)>,
+    QueryParams(query): QueryParams<HistoryQuery>,
+) -> Result<Json<Vec<ReleaseStatus>>, HttpError> {
+    check_names(&release, &namespace)?;
+    optikon_core::names::validate_cluster_name(&query.cluster)
+        .map_err(|e| HttpError::bad(ErrorCode::InvalidRequest, e.to_string()))?;
+    let history = gateway
+        .client
+        .release_history(&query.cluster, &namespace, &release)
+        .await?;
+    if history.is_empty() {
+        return Err(HttpError::not_found(
+            ErrorCode::ReleaseNotFound,
+            format!(
+                "cluster {:?} has reported nothing of release {release:?} in namespace \
+                 {namespace:?} (the hub keeps 7 days)",
+                query.cluster
+            ),
+        ));
+    }
+    Ok(Json(history))
 }
 
 /// What a request would change on each matching cluster, asked of the clusters.

@@ -97,6 +97,49 @@ pub async fn latest_values(
     Ok(values)
 }
 
+/// Every message of `stream` on `filter` (a subject with NATS wildcards), oldest first, in
+/// one pass of an ordered consumer.
+pub async fn stream_messages(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> Result<Vec<bytes::Bytes>, String> {
+    use async_nats::jetstream::consumer;
+    use futures::StreamExt;
+
+    let read = |e: &dyn std::fmt::Display| format!("read {filter} from {stream}: {e}");
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| read(&e))?
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| read(&e))?;
+    let mut bodies = Vec::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(bodies);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| read(&e))?;
+    // Each message within this long, or the read fails rather than hangs.
+    const QUIET: std::time::Duration = std::time::Duration::from_secs(10);
+    loop {
+        let message = match tokio::time::timeout(QUIET, messages.next()).await {
+            Ok(Some(message)) => message.map_err(|e| read(&e))?,
+            Ok(None) => break,
+            Err(_) => return Err(read(&format!("no message within {QUIET:?}"))),
+        };
+        let pending = message.info().map(|i| i.pending).unwrap_or(0);
+        bodies.push(message.payload.clone());
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(bodies)
+}
+
 /// Hands every change of `bucket` to `apply`, re-watching from scratch when the watch ends
 /// (a reconnect): the newest value of every key comes first, then each change. Runs
 /// forever; `what` names the bucket in logs.

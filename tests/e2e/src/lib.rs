@@ -14,6 +14,12 @@ static TESTBED: OnceCell<Mutex<Testbed>> = OnceCell::const_new();
 /// The shared test bed (three demo sites, real clusters, services running). A test holds
 /// the guard for its whole run, so tests that cut links or restart servers keep others out.
 pub async fn testbed() -> MutexGuard<'static, Testbed> {
+    testbed_of(optikon_testbed::Site::demo()).await
+}
+
+/// The shared test bed with these sites instead of the demo's three. A test binary uses one
+/// kind: the first call starts it, later calls share it whatever they ask for.
+pub async fn testbed_of(sites: Vec<optikon_testbed::Site>) -> MutexGuard<'static, Testbed> {
     let cell = TESTBED
         .get_or_init(|| async {
             // Statics are never dropped, so the test bed's own clean-up does not run: its
@@ -25,6 +31,7 @@ pub async fn testbed() -> MutexGuard<'static, Testbed> {
             let dir = std::env::temp_dir().join(format!("optikon-e2e-{binary}"));
             let _ = std::fs::remove_dir_all(&dir);
             let config = TestbedConfig {
+                sites,
                 clusters: true,
                 services: true,
                 dir: Some(dir),

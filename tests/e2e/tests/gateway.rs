@@ -1515,6 +1515,125 @@ mod browser {
             )
             .await?;
 
+            // The stored charts, and a release's history on one cluster.
+            let charts = browser
+                .execute(
+                    "return [...document.querySelectorAll('#charts tbody tr[data-chart]')].map(tr => tr.dataset.chart + ' ' + tr.dataset.version);",
+                    vec![],
+                )
+                .await?;
+            assert!(
+                charts
+                    .as_array()
+                    .is_some_and(|c| c.contains(&json!("nginx 0.1.0"))),
+                "{charts}"
+            );
+            browser
+                .find(Locator::Css(
+                    "#releases tr[data-release=gw-nginx][data-cluster=copenhagen-1] button[data-history]",
+                ))
+                .await?
+                .click()
+                .await?;
+            let history = eventually(
+                "gw-nginx's history on copenhagen-1",
+                Duration::from_secs(20),
+                || async {
+                    let rows = browser
+                        .execute(
+                            "const box = document.querySelector('#history'); if (box.hidden) return null;
+                             return [box.querySelector('h3').textContent, [...box.querySelectorAll('tbody tr')].map(tr =>
+                               [...tr.querySelectorAll('td')].slice(1, 5).map(td => td.textContent).join(' '))];",
+                            vec![],
+                        )
+                        .await?;
+                    Ok((!rows.is_null()).then_some(rows))
+                },
+            )
+            .await?;
+            // Newest first; each change also as it began (`pending`, no revision yet).
+            assert_eq!(
+                history[0], "gw-nginx (default) on copenhagen-1",
+                "{history}"
+            );
+            let rows: Vec<&str> = history[1]
+                .as_array()
+                .context("history rows")?
+                .iter()
+                .filter_map(|r| r.as_str())
+                .collect();
+            let settled: Vec<&str> = rows
+                .iter()
+                .copied()
+                .filter(|r| !r.ends_with("pending –"))
+                .collect();
+            assert_eq!(
+                settled,
+                ["2 upgrade deployed 2", "1 install deployed 1"],
+                "{history}"
+            );
+            assert!(
+                rows.iter().all(|r| settled.contains(r)
+                    || ["2 upgrade pending –", "1 install pending –"].contains(r)),
+                "{history}"
+            );
+
+            // A preview: four replicas would change the Deployment on both, and nothing
+            // changes until asked for real.
+            fill(
+                &browser,
+                "#install textarea[name=values]",
+                "replicaCount: 4",
+            )
+            .await?;
+            browser
+                .find(Locator::Css("#install button[value=preview]"))
+                .await?
+                .click()
+                .await?;
+            let shown = eventually("the preview", Duration::from_secs(60), || async {
+                let shown = browser
+                    .execute(
+                        "const box = document.querySelector('#dry-run'); if (box.hidden) return null;
+                         return [...box.querySelectorAll('.group')].map(g => [g.dataset.outcome, g.querySelector('strong').textContent,
+                           [...g.querySelectorAll('li[data-change]')].map(li => li.dataset.object + ' ' + li.dataset.change),
+                           [...g.querySelectorAll('pre.diff')].map(p => p.textContent).join('')]);",
+                        vec![],
+                    )
+                    .await?;
+                Ok((!shown.is_null()).then_some(shown))
+            })
+            .await?;
+            let groups = shown.as_array().context("preview groups")?;
+            assert_eq!(groups.len(), 1, "both sites the same: {shown}");
+            assert_eq!(groups[0][0], "previewed", "{shown}");
+            assert_eq!(groups[0][1], "copenhagen-1, copenhagen-2", "{shown}");
+            let objects = groups[0][2].as_array().context("objects")?;
+            assert!(
+                objects.contains(&json!("Deployment default/gw-nginx update")),
+                "{shown}"
+            );
+            assert!(
+                objects.contains(&json!("Service default/gw-nginx unchanged")),
+                "{shown}"
+            );
+            let diff = groups[0][3].as_str().unwrap_or("");
+            assert!(
+                diff.contains("-  replicas: 3") && diff.contains("+  replicas: 4"),
+                "{diff}"
+            );
+            let on = nginx_on(&browser).await?;
+            assert!(
+                on.values().all(|(rev, _)| rev == "2"),
+                "a preview changes nothing: {on:?}"
+            );
+            fill(
+                &browser,
+                "#install textarea[name=values]",
+                "replicaCount: 3",
+            )
+            .await?;
+
             // A rollout from the form: wave 1 is copenhagen-1, then a 30 s soak. Paused in
             // the rollout view, wave 2 does not start; resumed, it finishes; the view's
             // rollback button then rolls the release back on both.

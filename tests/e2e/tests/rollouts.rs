@@ -8,13 +8,32 @@ use std::time::Duration;
 use anyhow::Context;
 use optikon_core::rollout::{Rollout, RolloutState};
 use optikon_e2e::{
-    Output, eventually, helm, helm_chart, kube_client, optikon, testbed, wait_until_healthy,
+    Output, eventually, helm, helm_chart, kube_client, optikon, testbed_of, wait_until_healthy,
 };
-use optikon_testbed::Testbed;
+use optikon_testbed::{Site, Testbed};
+use tokio::sync::MutexGuard;
 
-/// Waves by the demo sites' own labels: copenhagen-1, then copenhagen-2, then the rest
-/// (copenhagen-3).
-const WAVES: [&str; 4] = ["--wave", "ID=123", "--wave", "ID=456"];
+/// Five sites: the demo's three, berlin-1 and lisbon-1.
+fn sites() -> Vec<Site> {
+    let mut sites = Site::demo();
+    sites.push(Site::new(
+        "berlin-1",
+        &[("ID", "201"), ("Region", "Europe")],
+    ));
+    sites.push(Site::new(
+        "lisbon-1",
+        &[("ID", "301"), ("Region", "Europe")],
+    ));
+    sites
+}
+
+async fn testbed() -> MutexGuard<'static, Testbed> {
+    testbed_of(sites()).await
+}
+
+/// Waves by the sites' own labels: copenhagen-1, then copenhagen-2 and berlin-1, then the
+/// rest (copenhagen-3 and lisbon-1).
+const WAVES: [&str; 4] = ["--wave", "ID=123", "--wave", "ID in (456,201)"];
 
 /// Packages the chart in `dir/<name>` again under `version` (with the real `helm package`).
 fn package(
@@ -167,7 +186,7 @@ async fn a_failing_wave_stops_the_rollout_and_rolls_back_what_it_changed() -> an
             .keys()
             .map(String::as_str)
             .collect::<Vec<_>>(),
-        ["copenhagen-1", "copenhagen-2"]
+        ["berlin-1", "copenhagen-1", "copenhagen-2"]
     );
 
     // What helm itself says on each site: waves 1 and 2 upgraded (or tried to) and went
@@ -183,34 +202,40 @@ async fn a_failing_wave_stops_the_rollout_and_rolls_back_what_it_changed() -> an
         ("deployed", "Rollback to 1"),
         "{h1:?}"
     );
-    let h2 = history(&testbed, "copenhagen-2", release, namespace)?;
-    let last = h2.last().context("copenhagen-2 has a history")?;
-    assert_eq!(
-        (last.1.as_str(), last.2.as_str()),
-        ("deployed", "Rollback to 1"),
-        "{h2:?}"
-    );
-    assert!(
-        h2.iter().all(|(_, status, _)| status != "pending-upgrade"),
-        "nothing is left half-applied: {h2:?}"
-    );
-    let h3 = history(&testbed, "copenhagen-3", release, namespace)?;
-    assert_eq!(h3.len(), 1, "wave 3 never started: {h3:?}");
-    assert_eq!(h3[0].1, "deployed", "{h3:?}");
-
-    // The request says the same per cluster: copenhagen-3 left out, with the reason.
+    // Wave 2: copenhagen-2 failed, berlin-1 beside it had upgraded (or was upgrading);
+    // both end back at revision 1.
+    for site in ["copenhagen-2", "berlin-1"] {
+        let h = history(&testbed, site, release, namespace)?;
+        let last = h.last().with_context(|| format!("{site} has a history"))?;
+        assert_eq!(
+            (last.1.as_str(), last.2.as_str()),
+            ("deployed", "Rollback to 1"),
+            "{site}: {h:?}"
+        );
+        assert!(
+            h.iter()
+                .all(|(_, status, _)| !status.starts_with("pending")),
+            "nothing is left half-applied on {site}: {h:?}"
+        );
+    }
     let status = optikon(&testbed, &["rollout", "status", &id])?.ok()?;
-    let line = status
-        .stdout
-        .lines()
-        .find(|l| l.contains("copenhagen-3"))
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        line.contains("skipped") && line.contains("not started"),
-        "{}",
-        status.stdout
-    );
+    for site in ["copenhagen-3", "lisbon-1"] {
+        let h = history(&testbed, site, release, namespace)?;
+        assert_eq!(h.len(), 1, "wave 3 never started on {site}: {h:?}");
+        assert_eq!(h[0].1, "deployed", "{site}: {h:?}");
+        // The request says the same per cluster: left out, with the reason.
+        let line = status
+            .stdout
+            .lines()
+            .find(|l| l.contains(site))
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            line.contains("skipped") && line.contains("not started"),
+            "{site}:\n{}",
+            status.stdout
+        );
+    }
 
     // Controls on a finished rollout are refused, naming its state.
     let abort = optikon(&testbed, &["rollout", "abort", &id])?;
@@ -318,9 +343,14 @@ async fn a_paused_rollout_starts_no_wave_until_resumed() -> anyhow::Result<()> {
         || async { Ok((rollout(&testbed, &id)?.state == RolloutState::Succeeded).then_some(())) },
     )
     .await?;
-    for site in ["copenhagen-1", "copenhagen-2", "copenhagen-3"] {
-        let h = history(&testbed, site, release, namespace)?;
-        assert_eq!((h.len(), h[1].1.as_str()), (2, "deployed"), "{site}: {h:?}");
+    for site in sites() {
+        let h = history(&testbed, &site.name, release, namespace)?;
+        assert_eq!(
+            (h.len(), h[1].1.as_str()),
+            (2, "deployed"),
+            "{}: {h:?}",
+            site.name
+        );
     }
     optikon(&testbed, &["uninstall", release, "-n", namespace])?.ok()?;
     Ok(())
@@ -388,15 +418,13 @@ async fn an_unreachable_site_is_waited_for_or_skipped_and_named() -> anyhow::Res
             "--offline",
             "wait",
             "--timeout",
-            "30",
+            "45",
         ];
         args.extend(WAVES);
         let waiting = optikon(&testbed, &args)?;
         assert_eq!(waiting.code, 4, "{}\n{}", waiting.stdout, waiting.stderr);
         assert!(
-            waiting
-                .stderr
-                .contains("waiting for copenhagen-3 (unreachable since"),
+            waiting.stderr.contains("copenhagen-3 (unreachable since"),
             "the progress line names the site:\n{}",
             waiting.stderr
         );
@@ -537,6 +565,8 @@ async fn values_follow_each_clusters_name_and_labels() -> anyhow::Result<()> {
         ("copenhagen-1", Some("123")),
         ("copenhagen-2", Some("456")),
         ("copenhagen-3", None),
+        ("berlin-1", None),
+        ("lisbon-1", None),
     ] {
         let v = values(site)?;
         assert_eq!(v["site"], site, "{site}: {v}");
@@ -747,9 +777,9 @@ async fn a_dry_run_shows_what_the_real_run_then_changes() -> anyhow::Result<()> 
         "--set",
         "extra=true",
     ];
-    let sites = ["copenhagen-1", "copenhagen-2"];
+    let answering = ["copenhagen-1", "copenhagen-2", "berlin-1", "lisbon-1"];
     let mut before = std::collections::BTreeMap::new();
-    for site in sites {
+    for site in answering {
         before.insert(site, objects_on(&testbed, site, namespace).await?);
     }
     let shown = async {
@@ -764,7 +794,9 @@ async fn a_dry_run_shows_what_the_real_run_then_changes() -> anyhow::Result<()> 
     assert_eq!(shown.code, 4, "{}\n{}", shown.stdout, shown.stderr);
     let text = &shown.stdout;
     assert!(
-        text.contains("\ncopenhagen-1, copenhagen-2: revision 1 -> 2, 3 object(s) change\n"),
+        text.contains(
+            "\nberlin-1, copenhagen-1, copenhagen-2, lisbon-1: revision 1 -> 2, 3 object(s) change\n"
+        ),
         "{text}"
     );
     assert!(
@@ -776,7 +808,7 @@ async fn a_dry_run_shows_what_the_real_run_then_changes() -> anyhow::Result<()> 
         text.contains("-  greeting: hello\n") && text.contains("+  greeting: hej\n"),
         "{text}"
     );
-    let previewed = previewed_objects(text, "copenhagen-1");
+    let previewed = previewed_objects(text, "berlin-1");
     let object = |kind: &str, name: &str| format!("{kind} {namespace}/{name}");
     assert_eq!(
         previewed,
@@ -793,7 +825,7 @@ async fn a_dry_run_shows_what_the_real_run_then_changes() -> anyhow::Result<()> 
     );
 
     // Nothing changed: the same objects, the same revision.
-    for site in sites {
+    for site in answering {
         assert_eq!(
             objects_on(&testbed, site, namespace).await?,
             before[site],
@@ -810,7 +842,7 @@ async fn a_dry_run_shows_what_the_real_run_then_changes() -> anyhow::Result<()> 
     optikon(&testbed, &upgrade)?.ok()?;
     let mut expected = previewed.clone();
     expected.retain(|_, change| change != "unchanged");
-    for site in sites {
+    for site in answering {
         let (before, after) = (&before[site], objects_on(&testbed, site, namespace).await?);
         let mut changed = std::collections::BTreeMap::new();
         for (name, version) in &after {

@@ -8,6 +8,7 @@ const state = {
   rollouts: new Map(), // request id -> request result, newest last
   records: new Map(), // request id -> its rollout record, or null for a request without one
   matched: new Set(), // clusters the install form's selector matches, drawn on the map
+  history: null, // the release row whose history is shown
 };
 const MAX_ROLLOUTS = 6;
 
@@ -181,8 +182,46 @@ async function loadReleases() {
       h("td", { class: "chart" }, r.chart ? r.chart.name : "–"),
       h("td", { class: "chart-version" }, r.chart ? r.chart.version : "–"),
       h("td", { class: "cluster" }, r.cluster),
-      h("td", { class: "status" }, h("span", { class: `badge ${r.state}`, title: r.reason || "" }, r.state))));
-  body.replaceChildren(...(rows.length ? rows : [h("tr", { class: "empty" }, h("td", { colSpan: 7 }, "No releases."))]));
+      h("td", { class: "status" }, h("span", { class: `badge ${r.state}`, title: r.reason || "" }, r.state)),
+      h("td", {}, h("button", {
+        type: "button", class: "small secondary", "data-history": "",
+        onclick: () => showHistory(r).catch((e) => alert(e.message)),
+      }, "History"))));
+  body.replaceChildren(...(rows.length ? rows : [h("tr", { class: "empty" }, h("td", { colSpan: 8 }, "No releases."))]));
+  if (state.history) showHistory(state.history).catch(console.error);
+}
+
+/** A release's history on one cluster: every status it reported, newest first. */
+async function showHistory(r) {
+  state.history = r;
+  const path = `/api/v1/releases/${encodeURIComponent(r.namespace)}/${encodeURIComponent(r.release)}/history?cluster=${encodeURIComponent(r.cluster)}`;
+  const entries = await api("GET", path);
+  const box = $("#history");
+  $("h3", box).textContent = `${r.release} (${r.namespace}) on ${r.cluster}`;
+  $("tbody", box).replaceChildren(...entries.reverse().map((s) =>
+    h("tr", { "data-generation": s.generation },
+      h("td", { class: "at" }, new Date(s.at).toLocaleString()),
+      h("td", { class: "num" }, s.generation),
+      h("td", { class: "action" }, s.action),
+      h("td", {}, h("span", { class: `badge ${s.state}` }, s.state)),
+      h("td", { class: "revision num" }, s.revision ?? "–"),
+      h("td", { class: "chart" }, s.chart ? `${s.chart.name} ${s.chart.version}` : "–"),
+      h("td", { class: "reason" }, s.reason || ""))));
+  box.hidden = false;
+}
+
+async function loadCharts() {
+  const charts = await api("GET", "/api/v1/charts");
+  const kib = (bytes) => `${(bytes / 1024).toFixed(1)} KiB`;
+  const rows = charts.map((c) =>
+    h("tr", { "data-chart": c.name, "data-version": c.version },
+      h("td", { class: "name" }, c.name),
+      h("td", { class: "version" }, c.version),
+      h("td", {}, c.appVersion || "–"),
+      h("td", { class: "num" }, kib(c.size)),
+      h("td", {}, h("code", { title: c.digest }, c.digest.slice(0, 19))),
+      h("td", {}, new Date(c.ingestedAt).toLocaleString())));
+  $("#charts tbody").replaceChildren(...(rows.length ? rows : [h("tr", { class: "empty" }, h("td", { colSpan: 6 }, "No charts yet."))]));
 }
 
 function trackRollout(result) {
@@ -306,6 +345,40 @@ function previewSelector(form, onMatch) {
   update();
 }
 
+/** The install form's preview: clusters with the same changes together, each object's diff. */
+function renderPreview(preview) {
+  const box = $("#dry-run");
+  const groups = [];
+  for (const c of preview.clusters) {
+    const key = JSON.stringify([c.outcome, c.outcome === "offline" ? "" : c.reason, c.revision, c.nextRevision, c.objects, c.hooks]);
+    const group = groups.find((g) => g.key === key);
+    if (group) group.clusters.push(c);
+    else groups.push({ key, clusters: [c] });
+  }
+  const marks = { create: "+", update: "~", delete: "-", unchanged: "=" };
+  box.replaceChildren(
+    h("p", { class: "title" }, `Preview of ${preview.action} ${preview.release}: nothing was changed.`),
+    ...groups.map(({ clusters }) => {
+      const c = clusters[0];
+      const names = clusters.map((x) => x.cluster).join(", ");
+      if (c.outcome !== "previewed") {
+        return h("div", { class: `group ${c.outcome}`, "data-outcome": c.outcome },
+          h("strong", {}, names), " ", h("span", { class: `badge ${c.outcome === "offline" ? "unreachable" : "failed"}` }, c.outcome),
+          h("span", { class: "reason" }, c.reason || ""));
+      }
+      const changed = (c.objects || []).filter((o) => o.change !== "unchanged").length;
+      const revisions = c.revision ? `revision ${c.revision} → ${c.nextRevision}` : `not installed → revision ${c.nextRevision}`;
+      return h("div", { class: "group previewed", "data-outcome": "previewed" },
+        h("strong", {}, names), ` ${revisions}, ${changed} object(s) change`,
+        (c.hooks || []).map((hook) => h("div", { class: "hook" }, `hook ${hook}`)),
+        h("ul", { class: "objects" }, (c.objects || []).map((o) =>
+          h("li", { "data-object": o.object, "data-change": o.change },
+            o.diff ? h("details", {}, h("summary", {}, `${marks[o.change]} ${o.object} (${o.change})`), h("pre", { class: "diff" }, o.diff))
+              : `${marks[o.change]} ${o.object} (${o.change})`))));
+    }));
+  box.hidden = false;
+}
+
 async function installOrUpdate(form, action) {
   const f = form.elements;
   const release = f.release.value.trim(), namespace = f.namespace.value.trim();
@@ -317,7 +390,7 @@ async function installOrUpdate(form, action) {
     say(form, `Uploading ${file.name}…`);
     const entry = await api("POST", "/api/v1/charts", upload);
     chart = { name: entry.name, version: entry.version };
-  } else if (action === "upgrade") {
+  } else if (action === "upgrade" || action === "preview") {
     const current = state.releases.find((r) => r.release === release && r.namespace === namespace && r.chart);
     if (!current) throw new Error("Choose a chart archive (.tgz): the release's current chart is not known here.");
     chart = { name: current.chart.name, version: current.chart.version };
@@ -334,6 +407,15 @@ async function installOrUpdate(form, action) {
   if (f.rollbackOnFailure.checked) strategy.rollbackOnFailure = true;
   if (f.soak.value.trim()) strategy.soakSeconds = Number(f.soak.value.trim());
   if (Object.keys(strategy).length) body.strategy = strategy;
+  if (action === "preview") {
+    const installed = state.releases.some((r) => r.release === release && r.namespace === namespace && r.state !== "uninstalled");
+    say(form, "Asking each matching cluster…");
+    const { strategy: _, ...asked } = body;
+    renderPreview(await api("POST", "/api/v1/previews", { action: installed ? "upgrade" : "install", release, namespace, ...asked }));
+    say(form, "");
+    return;
+  }
+  $("#dry-run").hidden = true;
   const result = action === "install"
     ? await api("POST", "/api/v1/releases?wait=false", { release, namespace, ...body })
     : await api("PUT", `/api/v1/releases/${encodeURIComponent(namespace)}/${encodeURIComponent(release)}?wait=false`, body);
@@ -381,6 +463,7 @@ function wire(form, handler) {
 const refresh = {
   clusters: debounce(() => loadClusters().catch(console.error), 300),
   releases: debounce(() => loadReleases().catch(console.error), 300),
+  charts: debounce(() => loadCharts().catch(console.error), 300),
 };
 
 function follow() {
@@ -394,6 +477,7 @@ function follow() {
     setLive(true);
     refresh.clusters();
     refresh.releases();
+    refresh.charts();
   });
   events.onerror = () => setLive(false);
   events.addEventListener("cluster", (event) => {
@@ -404,6 +488,7 @@ function follow() {
     renderClusters();
   });
   events.addEventListener("release", () => refresh.releases());
+  events.addEventListener("chart", () => refresh.charts());
   events.addEventListener("request", (event) => {
     trackRollout(JSON.parse(event.data));
     refresh.releases();
@@ -425,6 +510,7 @@ document.addEventListener("DOMContentLoaded", () => {
   previewSelector(remove, () => {});
   loadClusters().catch((e) => say(install, e.message, "error"));
   loadReleases().catch((e) => say(install, e.message, "error"));
+  loadCharts().catch((e) => say(install, e.message, "error"));
   follow();
   // Ages "last seen" and flips silent sites to unreachable without asking the server.
   setInterval(renderClusters, 5000);
