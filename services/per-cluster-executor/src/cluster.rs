@@ -353,6 +353,20 @@ impl ClusterTarget {
         }))
     }
 
+    /// What became of `generation` here if it was carried out, though a newer generation
+    /// replaced it since: an executor that died after applying it and before reporting it
+    /// finds it so on the redelivery. `None` if no revision carries it (then it was never
+    /// applied, and is superseded).
+    pub async fn carried_out(
+        &self,
+        namespace: &str,
+        release: &str,
+        generation: u64,
+    ) -> Result<Option<Outcome>, ClusterError> {
+        let history = self.history(namespace, release).await?;
+        Ok(history::carried_out(&history, generation))
+    }
+
     /// Carries out one desired generation. `chart_tgz` is the chart archive for install and
     /// upgrade (`None` for rollback and uninstall, or when the generation is already applied).
     pub async fn execute(
@@ -441,16 +455,18 @@ impl ClusterTarget {
             return Ok(Some(outcome));
         }
         match newest.generation {
-            Some(applied) if applied > desired.generation => Ok(Some(Outcome {
-                state: ReleaseState::Superseded,
-                revision: None,
-                chart: None,
-                reason: Some(format!(
-                    "generation {applied} is already applied (revision {})",
-                    newest.version
-                )),
-                first_deployed: None,
-            })),
+            Some(applied) if applied > desired.generation => Ok(Some(
+                history::carried_out(history, desired.generation).unwrap_or(Outcome {
+                    state: ReleaseState::Superseded,
+                    revision: None,
+                    chart: None,
+                    reason: Some(format!(
+                        "generation {applied} is already applied (revision {})",
+                        newest.version
+                    )),
+                    first_deployed: None,
+                }),
+            )),
             Some(applied) if applied == desired.generation => {
                 let release = match newest.decode() {
                     Ok(release) => release,

@@ -11,7 +11,7 @@ use optikon_runtime::trace;
 use tracing::Instrument;
 
 use crate::charts::ChartUnavailable;
-use crate::cluster::StoredRelease;
+use crate::cluster::{Outcome, StoredRelease};
 use crate::{Executor, Retry, failed, outcome};
 
 impl Executor {
@@ -82,6 +82,18 @@ impl Executor {
         .await
     }
 
+    /// The outcome of a generation a newer one replaces: `superseded` if it was never
+    /// applied, else what it did when it was (an executor that died between applying and
+    /// reporting it sees it so on the redelivery).
+    async fn superseded(&self, desired: &DesiredRelease, reason: String) -> Result<Outcome, Retry> {
+        let done = self
+            .target
+            .carried_out(&desired.namespace, &desired.release, desired.generation)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(done.unwrap_or_else(|| outcome(ReleaseState::Superseded, reason)))
+    }
+
     /// Carries out one command. `Err` is a problem worth another attempt.
     pub(crate) async fn process(
         &self,
@@ -95,14 +107,9 @@ impl Executor {
         if let Some(newer) = self.newest_generation(subject).await?
             && newer > desired.generation
         {
-            self.report(
-                desired,
-                outcome(
-                    ReleaseState::Superseded,
-                    format!("generation {newer} replaces it"),
-                ),
-            )
-            .await;
+            let reason = format!("generation {newer} replaces it");
+            let outcome = self.superseded(desired, reason).await?;
+            self.report(desired, outcome).await;
             return Ok(());
         }
         let current = self
@@ -113,8 +120,8 @@ impl Executor {
         match current.as_ref().and_then(|c| c.generation) {
             Some(applied) if applied > desired.generation => {
                 let reason = format!("generation {applied} is already applied");
-                self.report(desired, outcome(ReleaseState::Superseded, reason))
-                    .await;
+                let outcome = self.superseded(desired, reason).await?;
+                self.report(desired, outcome).await;
                 return Ok(());
             }
             Some(applied)

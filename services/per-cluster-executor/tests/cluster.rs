@@ -557,14 +557,32 @@ async fn lifecycle(bed: &Bed) -> Result<()> {
             .contains("kind: Service")
     );
 
-    // An older generation arriving late changes nothing.
+    // An older generation arriving late (a redelivery) changes nothing, and says what it
+    // did when it was carried out: deployed as revision 2, replaced since.
     let late = target
         .execute(
             &desired(ns, name, 2, Action::Upgrade, values2.clone()),
             Some(&tgz),
         )
         .await?;
-    assert_eq!(late.state, ReleaseState::Superseded, "{late:?}");
+    assert_eq!(
+        (late.state, late.revision),
+        (ReleaseState::Deployed, Some(2)),
+        "{late:?}"
+    );
+    assert!(
+        late.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("replaced it since"),
+        "{late:?}"
+    );
+    let revisions = bed.helm_json(&["history", name, "-n", ns])?;
+    assert_eq!(
+        revisions.as_array().map(Vec::len),
+        Some(3),
+        "nothing applied"
+    );
 
     // Rollback to revision 2: revision 4, the Service is back, values of revision 2.
     let mut rollback = desired(ns, name, 4, Action::Rollback, Value::Null);

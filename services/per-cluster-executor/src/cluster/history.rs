@@ -306,6 +306,31 @@ pub fn outcome_of(release: &HelmRelease) -> Outcome {
     }
 }
 
+/// What became of `generation`, if a revision carries it (see
+/// [`super::ClusterTarget::carried_out`]). A revision helm marked `superseded` was deployed,
+/// and then replaced: its generation's outcome is `deployed`, at that revision.
+pub fn carried_out(history: &History, generation: u64) -> Option<Outcome> {
+    let own = history
+        .records
+        .iter()
+        .rev()
+        .find(|r| r.generation == Some(generation))?;
+    let record = own.decode().ok()?;
+    let mut outcome = outcome_of(&record);
+    if outcome.state == ReleaseState::Superseded {
+        outcome.state = ReleaseState::Deployed;
+    }
+    let replaced = format!(
+        "carried out as revision {}; a newer generation replaced it since",
+        own.version
+    );
+    outcome.reason = Some(match outcome.reason {
+        Some(reason) => format!("{reason} ({replaced})"),
+        None => replaced,
+    });
+    Some(outcome)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -443,6 +468,32 @@ mod tests {
                 .get(REQUEST_ID_ANNOTATION)
                 .map(String::as_str),
             Some("req-2")
+        );
+    }
+
+    #[test]
+    fn a_generation_replaced_after_it_was_applied_reads_deployed() {
+        let history = History::new(
+            [
+                stored(1, Status::Superseded, 1),
+                stored(2, Status::Deployed, 2),
+            ]
+            .into_iter()
+            .map(|r| r.secret),
+        );
+        let first = carried_out(&history, 1).expect("generation 1 has a revision");
+        assert_eq!(
+            (first.state, first.revision),
+            (ReleaseState::Deployed, Some(1))
+        );
+        assert!(first.reason.unwrap().contains("replaced it since"));
+        assert_eq!(
+            carried_out(&history, 2).unwrap().state,
+            ReleaseState::Deployed
+        );
+        assert!(
+            carried_out(&history, 3).is_none(),
+            "never applied: superseded"
         );
     }
 
