@@ -69,6 +69,11 @@ pub struct ValuesArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
+    /// List the rollouts the hub keeps (30 days), newest first.
+    List {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Show a rollout's waves, state and what it waits for.
     Status {
         /// The request id `install`/`upgrade`/`rollback` printed.

@@ -683,6 +683,33 @@ fn rollout_line(status: &RequestStatus, rollout: &Rollout) -> String {
 
 async fn rollout_command(client: &Client, command: RolloutCommand) -> anyhow::Result<i32> {
     let (id, action) = match command {
+        RolloutCommand::List { output } => {
+            let rollouts = client.rollouts().await.map_err(classify)?;
+            print(output.format, &rollouts, || {
+                let mut t = Table::new(vec![
+                    "ID",
+                    "ACTION",
+                    "RELEASE",
+                    "NAMESPACE",
+                    "STATE",
+                    "WAVE",
+                    "CREATED",
+                ]);
+                for r in &rollouts {
+                    t.rows.push(vec![
+                        r.id.clone(),
+                        r.action.to_string(),
+                        r.release.clone(),
+                        r.namespace.clone(),
+                        r.state.to_string(),
+                        format!("{}/{}", (r.wave + 1).min(r.waves.len()), r.waves.len()),
+                        r.created_at.to_string(),
+                    ]);
+                }
+                t
+            });
+            return Ok(0);
+        }
         RolloutCommand::Status { id, output } => {
             let Some(rollout) = client.rollout(&id).await.map_err(classify)? else {
                 return Err(bad_input(format!(

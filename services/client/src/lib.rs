@@ -291,6 +291,13 @@ impl Client {
         }
     }
 
+    /// Every rollout the hub keeps (30 days), newest first.
+    pub async fn rollouts(&self) -> Result<Vec<Rollout>, ClientError> {
+        let mut rollouts: Vec<Rollout> = self.read_all(subject::ROLLOUTS_BUCKET).await?;
+        rollouts.sort_by(|a, b| b.created_at.0.cmp(&a.created_at.0));
+        Ok(rollouts)
+    }
+
     /// Pauses, resumes or aborts a rollout; returns the record after the change.
     pub async fn control_rollout(
         &self,

@@ -40,6 +40,7 @@ pub fn routes() -> Routes<Gateway> {
         .post("/api/v1/releases/{namespace}/{release}/rollback", rollback)
         .get("/api/v1/releases/{namespace}/{release}/history", history)
         .get("/api/v1/requests/{id}", request)
+        .get("/api/v1/rollouts", rollouts)
         .get("/api/v1/rollouts/{id}", rollout)
         .post("/api/v1/rollouts/{id}/{action}", control_rollout)
         .post("/api/v1/previews", preview)
@@ -718,6 +719,16 @@ fn check_request_id(id: &str) -> Result<(), HttpError> {
 }
 
 /// `GET /api/v1/rollouts/{id}`: a rollout's waves, state and what it waits for.
+/// The newest rollouts first, at most this many.
+const ROLLOUTS_LISTED: usize = 100;
+
+/// The rollouts the hub keeps, newest first (at most 100).
+async fn rollouts(State(gateway): State<Gateway>) -> Result<Json<Vec<Rollout>>, HttpError> {
+    let mut rollouts = gateway.client.rollouts().await?;
+    rollouts.truncate(ROLLOUTS_LISTED);
+    Ok(Json(rollouts))
+}
+
 async fn rollout(
     State(gateway): State<Gateway>,
     Path(id): Path<String>,

@@ -1664,6 +1664,24 @@ mod browser {
                 || async { Ok((state_of().await?.as_deref() == Some("running")).then_some(())) },
             )
             .await?;
+            // Paused once wave 1 is under way (a rollout paused before that starts nothing).
+            eventually(
+                "wave 1 started on copenhagen-1",
+                Duration::from_secs(30),
+                || async {
+                    let state = browser
+                        .execute(
+                            "const b = document.querySelector('#rollouts > li li[data-cluster=copenhagen-1] .badge'); return b ? b.textContent : null;",
+                            vec![],
+                        )
+                        .await?;
+                    Ok(state
+                        .as_str()
+                        .is_some_and(|s| s != "queued")
+                        .then_some(()))
+                },
+            )
+            .await?;
             browser
                 .find(Locator::Css("#rollouts button[data-control=pause]"))
                 .await?
@@ -1711,6 +1729,23 @@ mod browser {
                     && on["copenhagen-2"] == ((r2 + 2).to_string(), "deployed".to_owned());
                 Ok(back.then_some(()))
             })
+            .await?;
+            // Opened again, the page finds the rollout at the hub (not in its own memory).
+            browser.refresh().await?;
+            eventually(
+                "the rollout listed after a reload",
+                Duration::from_secs(30),
+                || async {
+                    let listed = browser
+                        .execute(
+                            "return [...document.querySelectorAll('#rollouts [data-rollout-state]')].map(b => b.dataset.rolloutState);",
+                            vec![],
+                        )
+                        .await?;
+                    Ok((listed.as_array().is_some_and(|l| l.contains(&json!("succeeded"))))
+                        .then_some(()))
+                },
+            )
             .await?;
             fill(&browser, "#install input[name=waves]", "").await?;
             fill(&browser, "#install input[name=soak]", "").await?;

@@ -321,6 +321,27 @@ async fn a_paused_rollout_starts_no_wave_until_resumed() -> anyhow::Result<()> {
         .json()
         .await?;
     assert_eq!(shown["state"], "paused", "{shown}");
+    let listed: Vec<serde_json::Value> = http
+        .get(format!("{base}/api/v1/rollouts"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert!(
+        listed
+            .iter()
+            .any(|r| r["id"] == id.as_str() && r["state"] == "paused"),
+        "{listed:?}"
+    );
+    let list = optikon(&testbed, &["rollout", "list"])?.ok()?;
+    assert!(
+        list.stdout
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("paused")),
+        "{}",
+        list.stdout
+    );
     let bad = http
         .post(format!("{base}/api/v1/rollouts/{id}/restart"))
         .header("content-type", "application/json")

@@ -243,6 +243,20 @@ function trackRollout(result) {
   renderRollouts();
 }
 
+/** The hub's newest rollouts, wherever they were started, with their requests' progress. */
+async function loadRecentRollouts() {
+  const records = await api("GET", "/api/v1/rollouts");
+  for (const record of records.slice(0, MAX_ROLLOUTS).reverse()) {
+    if (state.rollouts.has(record.id)) continue;
+    state.records.set(record.id, record);
+    try {
+      trackRollout(await api("GET", `/api/v1/requests/${encodeURIComponent(record.id)}`));
+    } catch (error) {
+      console.error(error);
+    }
+  }
+}
+
 /** Reads a request's rollout record (waves, state), if it has one, and redraws. */
 const loadRecord = (() => {
   const pending = new Map();
@@ -511,6 +525,7 @@ document.addEventListener("DOMContentLoaded", () => {
   loadClusters().catch((e) => say(install, e.message, "error"));
   loadReleases().catch((e) => say(install, e.message, "error"));
   loadCharts().catch((e) => say(install, e.message, "error"));
+  loadRecentRollouts().catch(console.error);
   follow();
   // Ages "last seen" and flips silent sites to unreachable without asking the server.
   setInterval(renderClusters, 5000);
