@@ -6,7 +6,8 @@
 //! identity publish there), never the body's. A fetch is served only when the newest
 //! `desired` entry of one of that cluster's releases pins the digest asked for, or a
 //! preview the router asked of that cluster names it (a grant in `preview-grants`, which
-//! lasts minutes); the reply format is `optikon_runtime::chart_fetch`'s.
+//! lasts minutes, and which no site may write: `tests/e2e/tests/hostile_edge.rs`); the
+//! reply format is `optikon_runtime::chart_fetch`'s.
 
 use async_nats::jetstream::{self, kv, object_store::ObjectStore};
 use bytes::Bytes;

@@ -5,9 +5,10 @@
 //! ([`request::plan`], [`request::cluster_values`]), then asks every target's executor on
 //! `optikon.preview.ask.<cluster>` and waits for its answer on
 //! `optikon.preview.answer.<cluster>.<nonce>`. The answer's cluster is the subject's: the
-//! hub's permissions let only that site publish there. A site with nobody listening (its
-//! link or its executor is down) is answered at once by the server as having no
-//! responders, and shown offline with its last heartbeat.
+//! hub's permissions let only that site publish there (`tests/e2e/tests/hostile_edge.rs`
+//! forges another site's answer). A site with nobody listening (its link or its executor
+//! is down) is answered at once by the server as having no responders, and shown offline
+//! with its last heartbeat.
 
 use std::time::Duration;
 
