@@ -14,6 +14,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use optikon_core::message::{
     Action, ApiVersion, ChartPin, DesiredRelease, ReleaseState, Timestamp,
 };
+use optikon_core::preview::{Change, PreviewOutcome};
 use optikon_testbed::cluster::KubeCluster;
 use optikon_testbed::tools::Tools;
 use per_cluster_executor::cluster::{ClusterError, ClusterTarget, Outcome};
@@ -1460,6 +1461,29 @@ async fn crds_jobs_ownership_and_helm_interplay(bed: &Bed) -> Result<()> {
     Api::all(bed.client.clone())
         .create(&Default::default(), &namespace)
         .await?;
+    // A preview on the empty cluster: both CRDs would be created, and the custom resources,
+    // of kinds no CRD serves yet, are shown as the chart renders them.
+    let fresh = target
+        .preview(
+            &desired(ns, name, 1, Action::Install, json!({})),
+            Some(&tgz),
+        )
+        .await?;
+    assert_eq!(fresh.outcome, PreviewOutcome::Previewed, "{fresh:?}");
+    for object in [
+        "CustomResourceDefinition gadgets.example.com",
+        "CustomResourceDefinition widgets.example.com",
+        "Gadget extras/g1",
+        "Widget extras/w1",
+    ] {
+        assert!(
+            fresh
+                .objects
+                .iter()
+                .any(|o| o.object == object && o.change == Change::Create),
+            "{object} created: {fresh:?}"
+        );
+    }
     let configmaps: Api<ConfigMap> = Api::namespaced(bed.client.clone(), ns);
     let taken = ConfigMap {
         metadata: kube::api::ObjectMeta {
@@ -1469,6 +1493,22 @@ async fn crds_jobs_ownership_and_helm_interplay(bed: &Bed) -> Result<()> {
         ..Default::default()
     };
     configmaps.create(&Default::default(), &taken).await?;
+    // The preview says so first, with the same reason, and changes nothing.
+    let preview = target
+        .preview(
+            &desired(ns, name, 1, Action::Install, json!({})),
+            Some(&tgz),
+        )
+        .await?;
+    assert_eq!(preview.outcome, PreviewOutcome::Failed, "{preview:?}");
+    assert!(
+        preview
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("not managed by Helm"),
+        "{preview:?}"
+    );
     let outcome = target
         .execute(
             &desired(ns, name, 1, Action::Install, json!({})),
@@ -1486,6 +1526,51 @@ async fn crds_jobs_ownership_and_helm_interplay(bed: &Bed) -> Result<()> {
 
     // Once it is out of the way the same generation installs; the Job has completed by then.
     configmaps.delete("taken", &Default::default()).await?;
+    // Previewed first. The CRD from `crds/` is there already (the refused attempt created
+    // it, as helm's does before its templates) and stays as it is; the one from templates is
+    // created, and the Widget, of a kind not served yet, is shown as the chart renders it.
+    let preview = target
+        .preview(
+            &desired(ns, name, 1, Action::Install, json!({})),
+            Some(&tgz),
+        )
+        .await?;
+    assert_eq!(preview.outcome, PreviewOutcome::Previewed, "{preview:?}");
+    let changes: Vec<(String, Change)> = preview
+        .objects
+        .iter()
+        .map(|o| (o.object.clone(), o.change))
+        .collect();
+    assert_eq!(
+        changes[0],
+        (
+            "CustomResourceDefinition gadgets.example.com".to_owned(),
+            Change::Unchanged
+        )
+    );
+    for object in [
+        "CustomResourceDefinition widgets.example.com",
+        "Gadget extras/g1",
+        "Widget extras/w1",
+        "ConfigMap extras/taken",
+        "Job extras/migrate",
+    ] {
+        assert!(
+            changes.contains(&(object.to_owned(), Change::Create)),
+            "{object} created: {changes:?}"
+        );
+    }
+    assert!(
+        preview
+            .objects
+            .iter()
+            .any(|o| o.object == "Widget extras/w1" && o.diff.contains("+  size: 1")),
+        "{preview:?}"
+    );
+    assert!(
+        bed.release_secrets(ns, name).await?.is_empty(),
+        "a preview records nothing"
+    );
     let outcome = target
         .execute(
             &desired(ns, name, 1, Action::Install, json!({})),

@@ -106,13 +106,31 @@ impl ClusterTarget {
         }
         let previous_keys = placed_keys(&catalog, &plan.previous.objects, namespace);
         let defined: BTreeSet<(String, String)> = plan
-            .objects
+            .crds
             .iter()
+            .chain(&plan.objects)
             .filter_map(crd_defines)
             .map(|(group_kind, _)| group_kind)
             .collect();
+        // CRDs from `crds/` are created when absent and never changed, as helm does: not
+        // part of the release.
+        for crd in &plan.crds {
+            let Some(placed) = objects::place(&catalog, crd, namespace) else {
+                return Err(Halt::Failed(objects::unserved_reason(&catalog, crd)));
+            };
+            if objects::exists(&self.client, &placed).await? {
+                changes.push(ObjectChange {
+                    object: placed.describe(),
+                    change: Change::Unchanged,
+                    diff: String::new(),
+                });
+                continue;
+            }
+            let after = objects::dry_run_apply(&self.client, &placed, None).await?;
+            changes.push(object_diff(placed.describe(), None, Some(after)));
+        }
         let mut keys = BTreeSet::new();
-        for object in plan.crds.iter().chain(&plan.objects) {
+        for object in &plan.objects {
             let Some(placed) = objects::place(&catalog, object, namespace) else {
                 let group_kind = (object.group().to_owned(), object.kind.clone());
                 if !defined.contains(&group_kind) {
