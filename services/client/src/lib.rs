@@ -294,7 +294,7 @@ impl Client {
     /// Every rollout the hub keeps (30 days), newest first.
     pub async fn rollouts(&self) -> Result<Vec<Rollout>, ClientError> {
         let mut rollouts: Vec<Rollout> = self.read_all(subject::ROLLOUTS_BUCKET).await?;
-        rollouts.sort_by(|a, b| b.created_at.0.cmp(&a.created_at.0));
+        rollouts.sort_by_key(|r| std::cmp::Reverse(r.created_at.0));
         Ok(rollouts)
     }
 
