@@ -96,10 +96,17 @@ pub fn preview(preview: &optikon_core::preview::ReleasePreview) -> String {
     );
     let mut groups: Vec<Vec<&optikon_core::preview::ClusterPreview>> = Vec::new();
     for cluster in &preview.clusters {
-        match groups.iter_mut().find(|g| g[0].same_as(cluster)) {
+        let found = groups.iter_mut().find(|g| match &cluster.same_as {
+            Some(name) => &g[0].cluster == name,
+            None => g[0].same_as(cluster),
+        });
+        match found {
             Some(group) => group.push(cluster),
             None => groups.push(vec![cluster]),
         }
+    }
+    if let Some(note) = &preview.note {
+        let _ = writeln!(out, "({note})");
     }
     for group in groups {
         let first = group[0];
@@ -198,8 +205,12 @@ mod preview_tests {
                     ..changed
                 },
             ],
+            note: None,
         };
         let text = super::preview(&preview);
+        let mut folded = preview.clone();
+        folded.fold_duplicates();
+        assert_eq!(super::preview(&folded), text, "the same once folded");
         assert!(
             text.starts_with("upgrade shop/web would change 3 matching cluster(s)"),
             "{text}"

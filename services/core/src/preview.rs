@@ -33,6 +33,55 @@ pub struct ReleasePreview {
     pub chart: Option<ChartPin>,
     /// Every matching cluster, by name.
     pub clusters: Vec<ClusterPreview>,
+    /// Set when something was left out to keep the answer within the server's message
+    /// limit, saying what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl ReleasePreview {
+    /// Leaves out of every cluster that has the same changes as an earlier one its objects
+    /// and hooks, naming that cluster in `same_as`: a fleet of identical sites answers with
+    /// one set of diffs, not one per site.
+    pub fn fold_duplicates(&mut self) {
+        let mut firsts: Vec<usize> = Vec::new();
+        for i in 0..self.clusters.len() {
+            let this = &self.clusters[i];
+            if this.outcome == PreviewOutcome::Offline {
+                continue;
+            }
+            match firsts.iter().find(|&&f| self.clusters[f].same_as(this)) {
+                Some(&first) => {
+                    let name = self.clusters[first].cluster.clone();
+                    let this = &mut self.clusters[i];
+                    this.same_as = Some(name);
+                    this.objects.clear();
+                    this.hooks.clear();
+                }
+                None => firsts.push(i),
+            }
+        }
+    }
+
+    /// The cluster whose objects and hooks stand for `cluster`'s (itself, or the one it is
+    /// the same as).
+    pub fn changes_of<'a>(&'a self, cluster: &'a ClusterPreview) -> &'a ClusterPreview {
+        cluster
+            .same_as
+            .as_ref()
+            .and_then(|name| self.clusters.iter().find(|c| &c.cluster == name))
+            .unwrap_or(cluster)
+    }
+
+    /// Drops every diff, keeping what changes: for an answer too large to send.
+    pub fn drop_diffs(&mut self, why: String) {
+        for cluster in &mut self.clusters {
+            for object in &mut cluster.objects {
+                object.diff.clear();
+            }
+        }
+        self.note = Some(why);
+    }
 }
 
 /// What the request would do on one cluster.
@@ -59,6 +108,10 @@ pub struct ClusterPreview {
     /// The last heartbeat of an offline cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<Timestamp>,
+    /// The same changes as this cluster of the same answer: `objects` and `hooks` are left
+    /// out here (see [`ReleasePreview::fold_duplicates`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_as: Option<String>,
 }
 
 /// How a cluster answered.
@@ -144,6 +197,7 @@ impl ClusterPreview {
             objects: Vec::new(),
             hooks: Vec::new(),
             last_heartbeat: None,
+            same_as: None,
         }
     }
 
@@ -192,6 +246,59 @@ mod tests {
         assert!(diff.contains("-b: 2\n+b: 5\n"), "{diff}");
         assert!(diff.contains(" a: 1\n"), "{diff}");
         assert_eq!(unified_diff(before, before, "live", "after"), "");
+    }
+
+    #[test]
+    fn identical_clusters_carry_their_changes_once() {
+        let change = ObjectChange {
+            object: "ConfigMap shop/web".into(),
+            change: Change::Update,
+            diff: "-x\n+y\n".into(),
+        };
+        let changed = |name: &str, diff: &str| ClusterPreview {
+            outcome: PreviewOutcome::Previewed,
+            reason: None,
+            revision: Some(1),
+            next_revision: Some(2),
+            objects: vec![ObjectChange {
+                diff: diff.into(),
+                ..change.clone()
+            }],
+            ..ClusterPreview::failed(name, String::new())
+        };
+        let mut preview = ReleasePreview {
+            api_version: ApiVersion,
+            action: Action::Upgrade,
+            release: "web".into(),
+            namespace: "shop".into(),
+            selector: String::new(),
+            chart: None,
+            clusters: vec![
+                changed("a", "-x\n+y\n"),
+                changed("b", "-x\n+z\n"),
+                changed("c", "-x\n+y\n"),
+                ClusterPreview::offline("d", None),
+                ClusterPreview::offline("e", None),
+            ],
+            note: None,
+        };
+        preview.fold_duplicates();
+        let same: Vec<Option<&str>> = preview
+            .clusters
+            .iter()
+            .map(|c| c.same_as.as_deref())
+            .collect();
+        assert_eq!(same, [None, None, Some("a"), None, None]);
+        assert!(preview.clusters[2].objects.is_empty());
+        assert_eq!(
+            preview.changes_of(&preview.clusters[2]).objects[0].diff,
+            "-x\n+y\n"
+        );
+        assert_eq!(preview.changes_of(&preview.clusters[1]).cluster, "b");
+        preview.drop_diffs("too large".into());
+        assert!(preview.clusters[0].objects[0].diff.is_empty());
+        assert_eq!(preview.clusters[0].objects[0].change, Change::Update);
+        assert_eq!(preview.note.as_deref(), Some("too large"));
     }
 
     #[test]

@@ -30,6 +30,8 @@ use crate::{Hub, internal, read};
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Previews answered at once by one router.
 const CONCURRENT_PREVIEWS: usize = 8;
+/// Room left in a message for the reply's envelope and headers.
+const REPLY_MARGIN: usize = 4096;
 
 /// Answers preview requests until shutdown; replicas share them through a queue group.
 pub async fn run(client: async_nats::Client, hub: Hub, shutdown: Shutdown) -> anyhow::Result<()> {
@@ -75,7 +77,7 @@ pub async fn preview(
     .collect()
     .await;
     clusters.sort_by(|a, b| a.cluster.cmp(&b.cluster));
-    Ok(ReleasePreview {
+    let mut preview = ReleasePreview {
         api_version: ApiVersion,
         action: request.action,
         release: request.release,
@@ -83,7 +85,23 @@ pub async fn preview(
         selector: request.selector,
         chart: plan.chart,
         clusters,
-    })
+        note: None,
+    };
+    preview.fold_duplicates();
+    // Still too large for one message (many sites with changes of their own): what changes
+    // is kept, the diffs go.
+    let limit = client
+        .server_info()
+        .max_payload
+        .saturating_sub(REPLY_MARGIN);
+    let size = serde_json::to_vec(&preview).map_or(0, |b| b.len());
+    if size > limit {
+        preview.drop_diffs(format!(
+            "diffs left out: with them the answer ({size} bytes) would pass the server's \
+             message limit; preview fewer clusters at a time (a narrower selector) to see them"
+        ));
+    }
+    Ok(preview)
 }
 
 /// Asks one cluster, with the desired release the request would give it.

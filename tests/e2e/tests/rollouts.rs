@@ -944,6 +944,45 @@ async fn a_dry_run_shows_what_the_real_run_then_changes() -> anyhow::Result<()> 
         2
     );
 
+    // The same change on all five sites (a deletion would differ: each Service has its own
+    // cluster IP): the answer carries it once, and the other sites name that one.
+    let everywhere: serde_json::Value = http
+        .post(format!("{base}/api/v1/previews"))
+        .json(&serde_json::json!({
+            "action": "upgrade", "release": release, "namespace": namespace, "selector": "",
+            "chart": {"name": "preview", "version": "0.1.0"},
+            "values": {"greeting": "hallo", "extra": true},
+        }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let folded: Vec<(String, usize, Option<String>)> = everywhere["clusters"]
+        .as_array()
+        .context("clusters")?
+        .iter()
+        .map(|c| {
+            (
+                c["cluster"].as_str().unwrap_or("").to_owned(),
+                c["objects"].as_array().map_or(0, Vec::len),
+                c["sameAs"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    let berlin = || Some("berlin-1".to_owned());
+    assert_eq!(
+        folded,
+        [
+            ("berlin-1".to_owned(), 3, None),
+            ("copenhagen-1".to_owned(), 0, berlin()),
+            ("copenhagen-2".to_owned(), 0, berlin()),
+            ("copenhagen-3".to_owned(), 0, berlin()),
+            ("lisbon-1".to_owned(), 0, berlin()),
+        ],
+        "{everywhere}"
+    );
+
     optikon(&testbed, &["uninstall", release, "-n", namespace])?.ok()?;
     Ok(())
 }

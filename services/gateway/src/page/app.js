@@ -362,16 +362,18 @@ function previewSelector(form, onMatch) {
 /** The install form's preview: clusters with the same changes together, each object's diff. */
 function renderPreview(preview) {
   const box = $("#dry-run");
+  // A cluster with the same changes as an earlier one names it (`sameAs`), without its own.
   const groups = [];
   for (const c of preview.clusters) {
     const key = JSON.stringify([c.outcome, c.outcome === "offline" ? "" : c.reason, c.revision, c.nextRevision, c.objects, c.hooks]);
-    const group = groups.find((g) => g.key === key);
+    const group = c.sameAs ? groups.find((g) => g.clusters[0].cluster === c.sameAs) : groups.find((g) => g.key === key);
     if (group) group.clusters.push(c);
     else groups.push({ key, clusters: [c] });
   }
   const marks = { create: "+", update: "~", delete: "-", unchanged: "=" };
   box.replaceChildren(
     h("p", { class: "title" }, `Preview of ${preview.action} ${preview.release}: nothing was changed.`),
+    preview.note ? h("p", { class: "note" }, preview.note) : null,
     ...groups.map(({ clusters }) => {
       const c = clusters[0];
       const names = clusters.map((x) => x.cluster).join(", ");

@@ -73,6 +73,7 @@ impl ClusterTarget {
                 objects,
                 hooks,
                 last_heartbeat: None,
+                same_as: None,
             },
             Err(Halt::Failed(reason)) => ClusterPreview {
                 revision,
