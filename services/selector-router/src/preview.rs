@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_nats::StatusCode;
 use futures::StreamExt;
 use optikon_core::message::{
-    ApiError, ApiVersion, ChartPin, ClusterRecord, DesiredRelease, ErrorCode, Heartbeat,
-    ReleaseRequest, Reply, Timestamp, decode,
+    ApiError, ApiVersion, ChartPin, ClusterRecord, DesiredRelease, Heartbeat, ReleaseRequest,
+    Reply, Timestamp, decode,
 };
 use optikon_core::preview::{ClusterPreview, ReleasePreview};
 use optikon_core::subject;
@@ -139,18 +139,36 @@ async fn ask(
         request_sequence: None,
     };
     match ask_site(client, hub, &desired).await {
-        Ok(Some(answer)) => answer,
-        Ok(None) => ClusterPreview::offline(name, last_heartbeat(hub, name).await),
+        Ok(Answer::Given(answer)) => answer,
+        Ok(Answer::NobodyListens) => ClusterPreview::offline(name, last_heartbeat(hub, name).await),
+        // Not a verdict on the change: the site could not be asked in time.
+        Ok(Answer::TooLate) => ClusterPreview {
+            reason: Some(format!(
+                "did not answer within {} s (its executor may be busy or its link slow); \
+                 nothing is known of what the change would do there",
+                ANSWER_TIMEOUT.as_secs()
+            )),
+            ..ClusterPreview::offline(name, last_heartbeat(hub, name).await)
+        },
         Err(error) => ClusterPreview::failed(name, error.message),
     }
 }
 
-/// The site's answer; `None` when nobody there listens.
+/// How a site answered a preview.
+enum Answer {
+    Given(ClusterPreview),
+    /// Nobody listens on its subject: its link or its executor is down.
+    NobodyListens,
+    /// Asked, but no answer within [`ANSWER_TIMEOUT`].
+    TooLate,
+}
+
+/// The site's answer, if it gave one in time.
 async fn ask_site(
     client: &async_nats::Client,
     hub: &Hub,
     desired: &DesiredRelease,
-) -> Result<Option<ClusterPreview>, ApiError> {
+) -> Result<Answer, ApiError> {
     let name = desired.cluster.as_str();
     if let Some(pin) = &desired.chart {
         grant_chart(hub, name, pin).await?;
@@ -169,28 +187,19 @@ async fn ask_site(
     let answer = match tokio::time::timeout(ANSWER_TIMEOUT, answers.next()).await {
         Ok(Some(answer)) => answer,
         Ok(None) => return Err(internal("preview answer", "subscription closed")),
-        Err(_) => {
-            return Err(ApiError::new(
-                ErrorCode::Internal,
-                format!(
-                    "cluster {name} did not answer within {} s; its executor may be busy or \
-                     its link slow",
-                    ANSWER_TIMEOUT.as_secs()
-                ),
-            ));
-        }
+        Err(_) => return Ok(Answer::TooLate),
     };
     if answer.status == Some(StatusCode::NO_RESPONDERS) {
-        return Ok(None);
+        return Ok(Answer::NobodyListens);
     }
     let reply: Reply<ClusterPreview> = decode("preview answer", &answer.payload)?;
     match reply.into_result() {
         // The cluster is the one asked, whatever the body says.
-        Ok(preview) => Ok(Some(ClusterPreview {
+        Ok(preview) => Ok(Answer::Given(ClusterPreview {
             cluster: name.to_owned(),
             ..preview
         })),
-        Err(error) => Ok(Some(ClusterPreview::failed(name, error.message))),
+        Err(error) => Ok(Answer::Given(ClusterPreview::failed(name, error.message))),
     }
 }
 
