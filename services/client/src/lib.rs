@@ -310,16 +310,33 @@ impl Client {
             action,
         };
         let body = serde_json::to_vec(&control).expect("control serializes");
+        self.ask_router(subject::ROLLOUT_CONTROL, body, None, "rollout control")
+            .await
+    }
+
+    /// A request/reply call the router answers with a `Reply<T>`; `what` names the call in
+    /// errors. `timeout`: the client's default when `None`.
+    async fn ask_router<T: serde::de::DeserializeOwned>(
+        &self,
+        subject: &str,
+        body: Vec<u8>,
+        timeout: Option<Duration>,
+        what: &str,
+    ) -> Result<T, ClientError> {
+        let mut request = async_nats::Request::new().payload(body.into());
+        if timeout.is_some() {
+            request = request.timeout(timeout);
+        }
         let reply = self
             .nats
-            .request(subject::ROLLOUT_CONTROL, body.into())
+            .send_request(subject.to_owned(), request)
             .await
             .map_err(|e| {
                 ClientError::Nats(format!(
-                    "selector-router did not answer ({e}): is it running?"
+                    "selector-router did not answer the {what} ({e}): is it running?"
                 ))
             })?;
-        decode::<Reply<Rollout>>("rollout control reply", &reply.payload)
+        decode::<Reply<T>>(&format!("{what} reply"), &reply.payload)
             .map_err(ClientError::Refused)?
             .into_result()
             .map_err(ClientError::Refused)
@@ -353,24 +370,13 @@ impl Client {
         /// Each site has 30 s to answer; a few more for the router to gather them.
         const PREVIEW_TIMEOUT: Duration = Duration::from_secs(45);
         let body = serde_json::to_vec(request).expect("request serializes");
-        let reply = self
-            .nats
-            .send_request(
-                subject::PREVIEW_REQUEST,
-                async_nats::Request::new()
-                    .payload(body.into())
-                    .timeout(Some(PREVIEW_TIMEOUT)),
-            )
-            .await
-            .map_err(|e| {
-                ClientError::Nats(format!(
-                    "selector-router did not answer the preview ({e}): is it running?"
-                ))
-            })?;
-        decode::<Reply<ReleasePreview>>("preview reply", &reply.payload)
-            .map_err(ClientError::Refused)?
-            .into_result()
-            .map_err(ClientError::Refused)
+        self.ask_router(
+            subject::PREVIEW_REQUEST,
+            body,
+            Some(PREVIEW_TIMEOUT),
+            "preview",
+        )
+        .await
     }
 
     /// Applies label changes to a cluster (optimistic concurrency, retried on conflict).

@@ -255,19 +255,9 @@ pub(crate) async fn apply(
     placed: &Placed,
     owner: Option<(&str, &str)>,
 ) -> Result<Value, Halt> {
-    let body = apply_body(placed, owner);
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let live = placed
-        .api(client)
-        .patch(&placed.object.name, &params, &Patch::Apply(&body))
-        .await
-        .map_err(|e| {
-            halt(e, || {
-                format!("apply {}{}", placed.describe(), placed.source())
-            })
-        })?;
+    let live = server_side_apply(client, placed, owner, false).await?;
     tracing::debug!(object = %placed.describe(), "applied");
-    Ok(serde_json::to_value(live).unwrap_or_default())
+    Ok(live)
 }
 
 /// [`apply`] as a server-side dry run (`dryRun=All`): the object as the API server would
@@ -277,19 +267,29 @@ pub(crate) async fn dry_run_apply(
     placed: &Placed,
     owner: Option<(&str, &str)>,
 ) -> Result<Value, Halt> {
+    server_side_apply(client, placed, owner, true).await
+}
+
+async fn server_side_apply(
+    client: &kube::Client,
+    placed: &Placed,
+    owner: Option<(&str, &str)>,
+    dry_run: bool,
+) -> Result<Value, Halt> {
     let body = apply_body(placed, owner);
     let mut params = PatchParams::apply(FIELD_MANAGER).force();
-    params.dry_run = true;
-    let after = placed
+    params.dry_run = dry_run;
+    let object = placed
         .api(client)
         .patch(&placed.object.name, &params, &Patch::Apply(&body))
         .await
         .map_err(|e| {
             halt(e, || {
-                format!("apply {}{} (dry run)", placed.describe(), placed.source())
+                let dry = if dry_run { " (dry run)" } else { "" };
+                format!("apply {}{}{dry}", placed.describe(), placed.source())
             })
         })?;
-    Ok(serde_json::to_value(after).unwrap_or_default())
+    Ok(serde_json::to_value(object).unwrap_or_default())
 }
 
 /// Creates the object as given, without Helm's ownership marks, as Helm creates a hook: an
